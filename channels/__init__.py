@@ -1,0 +1,1 @@
+"""Channel plug-ins: one class per channel, named by dotted path in `[channels.<name>] backend`."""

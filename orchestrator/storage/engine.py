@@ -1,0 +1,117 @@
+"""Engines for SQLite (WAL, immediate write transactions) and PostgreSQL, and schema migrations."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from orchestrator.errors import StorageError
+from orchestrator.storage import schema
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (the only PostgreSQL driver we depend on)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def is_sqlite(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _sqlite_engine(url: str) -> Engine:
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if path and ":memory:" not in path and not path.startswith("file:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        # Take transaction control from the sqlite3 module so that writers can BEGIN IMMEDIATE
+        # (a deferred transaction that upgrades to a write fails instead of waiting).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def connect(url: str, *, migrate: bool = True) -> Engine:
+    """An engine for `url`, its schema brought up to date (or checked, with migrate=False)."""
+    url = normalize_url(url)
+    try:
+        engine = _sqlite_engine(url) if url.startswith("sqlite") else sa.create_engine(
+            url, pool_pre_ping=True
+        )
+        if migrate:
+            upgrade(engine)
+    except sa.exc.OperationalError as error:
+        raise StorageError(f"cannot open the database {url!r}: {error.orig}") from None
+    except sa.exc.ArgumentError as error:
+        raise StorageError(f"the database url {url!r} is not usable: {error}") from None
+    return engine
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that intends to write: on SQLite it takes the write lock up front."""
+    if is_sqlite(engine):
+        with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
+            with conn.begin():
+                yield conn
+    else:
+        with engine.begin() as conn:
+            yield conn
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+def _v1(conn: Connection) -> None:
+    schema.metadata.create_all(conn)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1}
+
+
+def current_version(conn: Connection) -> int:
+    if not sa.inspect(conn).has_table("schema_version"):
+        return 0
+    value = conn.execute(sa.select(sa.func.max(schema.schema_version.c.version))).scalar()
+    return int(value or 0)
+
+
+def upgrade(engine: Engine) -> int:
+    """Apply pending migrations in one write transaction; concurrent callers wait, then skip."""
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(724201)"))
+        version = current_version(conn)
+        if version > schema.SCHEMA_VERSION:
+            raise StorageError(
+                f"the database schema is version {version}, newer than this program "
+                f"({schema.SCHEMA_VERSION}); upgrade the orchestrator"
+            )
+        for target in range(version + 1, schema.SCHEMA_VERSION + 1):
+            MIGRATIONS[target](conn)
+            conn.execute(schema.schema_version.delete())
+            conn.execute(schema.schema_version.insert().values(version=target))
+        return schema.SCHEMA_VERSION
+
+
+def now_epoch() -> int:
+    return int(time.time())

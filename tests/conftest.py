@@ -1,0 +1,87 @@
+"""Shared fixtures.  Storage and planner tests run against SQLite and the real PostgreSQL.
+
+PostgreSQL is at 127.0.0.1:5432, database `test` (ORCHESTRATOR_TEST_PG overrides the URL).  Each
+test gets its own schema, dropped afterwards.  In CI (CI=true) an unreachable server is a failure,
+never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.storage.engine import connect
+
+PG_URL = os.environ.get("ORCHESTRATOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pg_available() -> bool:
+    try:
+        engine = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and is not reachable at {PG_URL}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    return PG_URL
+
+
+def pg_schema_url(base: str, schema: str) -> str:
+    separator = "&" if "?" in base else "?"
+    return f"{base}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh, empty schema."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_server.replace("postgresql://", "postgresql+psycopg://"))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    yield pg_schema_url(pg_server, schema)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Both databases: the test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'orchestrator.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    engine = connect(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A copy of the repository's example workspace (settings, segments, templates, campaigns)."""
+    target = tmp_path / "ws"
+    target.mkdir()
+    for name in ("segments", "templates", "campaigns"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, target / name)
+    shutil.copy(REPO / "settings.toml", target / "settings.toml")
+    return target
