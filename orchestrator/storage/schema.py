@@ -52,6 +52,13 @@ customers = sa.Table(
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
 
+custom_attributes = sa.Table(
+    "custom_attributes",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True,
+              comment="every extra CSV column seen on import: the fields segments may use"),
+)
+
 purchases = sa.Table(
     "purchases",
     metadata,
