@@ -1,0 +1,456 @@
+"""The planner: a campaign run, streamed from the segment into decisions and ledger rows.
+
+Data flows one way: segment pages (storage) → policy decisions (pure) → rendering → ledger rows in
+batches.  Nothing per recipient goes through the broker or a network round trip of its own: one
+query per page reads the customers, one reads their contact history, one executemany writes the
+rows.  Cap reservations are made atomic by deciding and writing each page inside one write
+transaction that holds a lock on the page's customers (SQLite: the database write lock taken by
+BEGIN IMMEDIATE; PostgreSQL: transaction-scoped advisory locks per customer, taken in a global
+order so that concurrent planners never deadlock).
+"""
+
+from __future__ import annotations
+
+import time as clock
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from orchestrator.campaigns import Campaign, CampaignFile
+from orchestrator.errors import NotFound
+from orchestrator.policy.caps import Sent
+from orchestrator.policy.consent import Recipient
+from orchestrator.policy.decide import Decision, PolicyContext, Rules, decide
+from orchestrator.settings import Settings
+from orchestrator.storage.engine import write_transaction
+from orchestrator.storage.schema import CAP_COUNTED_STATES, deliveries, runs
+
+UTC = timezone.utc
+CHANNEL_ADDRESS = {"sms": "phone", "email": "email", "phone": "phone", "webhook": "id"}
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Prepared:
+    """Everything about a campaign that does not depend on the recipient, built once per run."""
+
+    file: CampaignFile
+    segment: Any
+    renderer: Any
+    settings: Settings
+    rules: Rules
+    ctx: PolicyContext
+
+    @property
+    def campaign(self) -> Campaign:
+        return self.file.campaign
+
+
+@dataclass
+class RunSummary:
+    campaign: str
+    fire_at: datetime
+    run_id: int | None = None
+    existed: bool = False
+    targeted: int = 0
+    planned: int = 0
+    suppressed: Counter = field(default_factory=Counter)
+    by_channel: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "campaign": self.campaign,
+            "run": self.run_id,
+            "fire_at": iso(self.fire_at),
+            "already_planned": self.existed,
+            "targeted": self.targeted,
+            "planned": self.planned,
+            "planned_by_channel": dict(self.by_channel),
+            "suppressed": sum(self.suppressed.values()),
+            "suppressed_by_reason": dict(self.suppressed),
+        }
+
+
+def iso(value: datetime | int | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        value = datetime.fromtimestamp(value, UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def policy_context(settings: Settings) -> PolicyContext:
+    return PolicyContext(
+        caps=settings.caps,
+        quiet=settings.quiet_hours,
+        default_zone=settings.general.timezone,
+        default_country=settings.general.country,
+    )
+
+
+def prepare(settings: Settings, file: CampaignFile, *, engine: Engine | None = None) -> Prepared:
+    """Resolve the segment and templates of a campaign; every error names its file and line."""
+    from orchestrator.rendering import Renderer
+    from orchestrator.segments import inline_segment, load_segment, validate_segment
+
+    campaign = file.campaign
+    if campaign.where is not None:
+        segment = inline_segment(
+            campaign.where, name=f"{campaign.name} (inline)", file=file.file, lines=file.lines, loc=("where",)
+        )
+    else:
+        path = settings.segments_dir / f"{campaign.segment}.yaml"
+        if not path.exists():
+            raise NotFound(
+                f"segment '{campaign.segment}' not found (expected {path.relative_to(settings.root)})",
+                file=file.file, line=file.lines.line(("segment",)), field="segment",
+            )
+        segment = load_segment(path)
+    validate_segment(segment, engine)
+    renderer = shared_renderer(settings)
+    for channel in campaign.channels:
+        renderer.check(channel, campaign.template, subject=campaign.subject if channel == "email" else None)
+    rules = Rules(
+        campaign=campaign.name,
+        category=campaign.category,
+        channels=tuple(campaign.channels),
+        channel_mode=campaign.channel_mode,
+        local_time=campaign.local_time,
+        deliver_within=campaign.deliver_within_seconds,
+        when_capped=campaign.when_capped,
+    )
+    return Prepared(file, segment, renderer, settings, rules, policy_context(settings))
+
+
+_renderers: dict[tuple[str, int], Any] = {}
+
+
+def shared_renderer(settings: Settings) -> Any:
+    """One renderer per workspace: templates compile once, whatever the number of campaigns."""
+    from orchestrator.rendering import Renderer
+
+    key = (str(settings.templates_dir), settings.templates.max_output_kb)
+    if key not in _renderers:
+        _renderers[key] = Renderer(settings.templates_dir, max_output_bytes=settings.templates.max_output_kb * 1024)
+    return _renderers[key]
+
+
+# --- the trigger conditions -----------------------------------------------------------------
+
+
+def trigger_condition(prepared: Prepared, fire_at: datetime) -> Any:
+    """Extra SQL for triggered campaigns: birthday today, or became sleeping since the last run."""
+    from orchestrator.derived import derived_columns
+
+    trigger = prepared.campaign.trigger
+    if trigger == "birthday":
+        return derived_columns(fire_at, prepared.settings)["birthday_in_days"] == 0
+    if trigger == "sleeping":
+        now = derived_columns(fire_at, prepared.settings)["is_sleeping"]
+        before = derived_columns(fire_at - timedelta(days=1), prepared.settings)["is_sleeping"]
+        return sa.and_(now, sa.not_(sa.func.coalesce(before, sa.false())))
+    return None
+
+
+# --- per recipient ----------------------------------------------------------------------------
+
+
+def recipient_of(row: Mapping[str, Any]) -> Recipient:
+    consent = frozenset(ch for ch in ("sms", "email", "phone") if row.get(f"consent_{ch}"))
+    unsubscribed = frozenset(ch for ch in ("sms", "email", "phone") if row.get(f"unsubscribed_{ch}"))
+    zones = tuple(row["zones"].split()) if row.get("zones") else ()
+    return Recipient(
+        customer_id=row["id"],
+        email=row.get("email"),
+        phone=row.get("phone"),
+        phone_invalid=bool(row.get("phone_invalid")),
+        manager=row.get("manager"),
+        consent=consent | ({"webhook"} if consent else frozenset()),
+        unsubscribed=unsubscribed,
+        zones=zones,
+        zone_source=row.get("zone_source") or "default",
+        phone_cap_days=row.get("phone_cap_days"),
+    )
+
+
+@lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def customer_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The `customer` of templates: columns, derived fields, custom attributes (columns win)."""
+    attrs = row.get("attrs") or {}
+    view = {key: value for key, value in row.items() if key != "attrs"}
+    for key, value in attrs.items():
+        view.setdefault(key, value)
+    return view
+
+
+class _Row(dict):
+    """A ledger row being built; a dict so that executemany takes it as it is."""
+
+
+def _render_context(prepared: Prepared, row: Mapping[str, Any], decision: Decision, unsubscribe: str) -> dict[str, Any]:
+    from orchestrator.links import cabinet_link
+
+    settings = prepared.settings
+    zone = _zone(decision.zone)
+    moment = datetime.fromtimestamp(decision.send_at or 0, UTC).astimezone(zone)
+    customer = customer_view(row)
+    customer["local_time"] = moment
+    campaign = prepared.campaign
+    return {
+        "customer": customer,
+        "offer": campaign.offer,
+        "campaign": {"name": campaign.name, "description": campaign.description, "category": campaign.category},
+        "links": {"unsubscribe": unsubscribe, "cabinet": cabinet_link(settings.web.base_url, row["id"])},
+        "now": moment,
+    }
+
+
+def _payload(prepared: Prepared, channel: str, row: Mapping[str, Any], decision: Decision, now: int) -> tuple[dict[str, Any] | None, str | None]:
+    """Render one message; a template error suppresses this recipient with the reason kept."""
+    from orchestrator.errors import TemplateError
+    from orchestrator.links import unsubscribe_link
+
+    settings = prepared.settings
+    campaign = prepared.campaign
+    unsubscribe = unsubscribe_link(settings.web.base_url, settings.general.secret_key, row["id"], channel, campaign.name)
+    try:
+        rendered = prepared.renderer.render(
+            channel,
+            campaign.template,
+            _render_context(prepared, row, decision, unsubscribe),
+            subject=campaign.subject if channel == "email" else None,
+            sms_max_parts=campaign.sms_max_parts,
+        )
+    except TemplateError as error:
+        return None, str(error)
+    address_field = CHANNEL_ADDRESS.get(channel, "id")
+    payload: dict[str, Any] = {"address": row.get(address_field), "text": rendered.text}
+    if channel == "phone":
+        payload["manager"] = row.get("manager")
+    if rendered.subject is not None:
+        payload["subject"] = rendered.subject
+    if rendered.html is not None:
+        payload["html"] = rendered.html
+    if rendered.sms is not None:
+        payload["sms"] = {"encoding": rendered.sms.encoding, "units": rendered.sms.units, "parts": rendered.sms.parts}
+    if campaign.category in ("promo", "content"):
+        payload["unsubscribe"] = unsubscribe
+    return payload, None
+
+
+def decide_page(
+    prepared: Prepared,
+    page: Sequence[Mapping[str, Any]],
+    fire_at: int,
+    history: Mapping[str, list[Sent]],
+    run_id: int | None,
+    now: int,
+) -> list[dict[str, Any]]:
+    """Decisions and rendered messages for one page of recipients, as ledger rows."""
+    campaign = prepared.campaign
+    rows: list[dict[str, Any]] = []
+    for customer in page:
+        customer_id = customer["id"]
+        base = {
+            "run_id": run_id, "campaign": campaign.name, "customer_id": customer_id,
+            "category": campaign.category, "attempts": 0, "created_at": now, "updated_at": now,
+            "sent_at": None, "error": None, "provider_id": None,
+        }
+        if campaign.in_holdout(customer_id):
+            recipient = recipient_of(customer)
+            rows.append({
+                **base, "channel": campaign.channels[0], "status": "suppressed", "reason": "holdout",
+                "detail": f"holdout {campaign.holdout}", "send_at": None,
+                "expires_at": fire_at + prepared.rules.deliver_within, "zone": None,
+                "zone_source": recipient.zone_source, "payload": None,
+            })
+            continue
+        decisions = decide(recipient_of(customer), prepared.rules, fire_at, history.get(customer_id, ()), prepared.ctx)
+        for decision in decisions:
+            row = {
+                **base, "channel": decision.channel, "status": decision.status, "reason": decision.reason,
+                "detail": decision.detail or None, "send_at": decision.send_at, "expires_at": decision.expires_at,
+                "zone": decision.zone, "zone_source": decision.zone_source, "payload": None,
+            }
+            if decision.status == "planned":
+                payload, error = _payload(prepared, decision.channel, customer, decision, now)
+                if error is not None:
+                    row.update(status="suppressed", reason="template_error", detail=error, send_at=None)
+                else:
+                    row["payload"] = payload
+            rows.append(row)
+    return rows
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+
+def load_history(conn: Connection, customer_ids: Sequence[str], channels: Iterable[str], lo: int, hi: int, run_id: int | None) -> dict[str, list[Sent]]:
+    """Every counted message of any campaign, for these customers, near this run's window."""
+    moment = sa.func.coalesce(deliveries.c.sent_at, deliveries.c.send_at)
+    query = (
+        sa.select(deliveries.c.customer_id, deliveries.c.channel, deliveries.c.category, moment)
+        .where(deliveries.c.customer_id.in_(list(customer_ids)))
+        .where(deliveries.c.channel.in_(list(channels)))
+        .where(deliveries.c.status.in_(CAP_COUNTED_STATES))
+        .where(moment >= lo, moment < hi)
+    )
+    if run_id is not None:
+        query = query.where(deliveries.c.run_id != run_id)
+    history: dict[str, list[Sent]] = {}
+    for customer_id, channel, category, at in conn.execute(query):
+        history.setdefault(customer_id, []).append(Sent(channel=channel, category=category, at=int(at)))
+    return history
+
+
+def lock_customers(conn: Connection, customer_ids: Sequence[str]) -> None:
+    """PostgreSQL: serialize cap decisions per customer across planners (and, later, workers)."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.execute(
+        sa.text(
+            "SELECT pg_advisory_xact_lock(k) FROM "
+            "(SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(CAST(:ids AS text[])) AS x ORDER BY k) AS s"
+        ),
+        {"ids": list(customer_ids)},
+    )
+
+
+def _insert(conn: Connection):  # type: ignore[no-untyped-def]
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def write_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        statement = _insert(conn)(deliveries).on_conflict_do_nothing(index_elements=["run_id", "customer_id", "channel"])
+        conn.execute(statement, rows)
+
+
+def open_run(engine: Engine, campaign: str, fire_at: int) -> tuple[int, bool]:
+    """Create the run (campaign, fire time) or find it; True when it was already fully planned."""
+    with write_transaction(engine) as conn:
+        now = int(clock.time())
+        conn.execute(
+            _insert(conn)(runs).on_conflict_do_nothing(index_elements=["campaign", "fire_at"]),
+            {"campaign": campaign, "fire_at": fire_at, "status": "planning", "started_at": now},
+        )
+        run_id, status = conn.execute(
+            sa.select(runs.c.id, runs.c.status).where(runs.c.campaign == campaign, runs.c.fire_at == fire_at)
+        ).one()
+    return run_id, status == "planned"
+
+
+def run_counts(conn: Connection, run_id: int) -> tuple[int, Counter, Counter, int]:
+    """(planned, suppressed by reason, planned by channel, distinct customers) of a run."""
+    planned = 0
+    suppressed: Counter = Counter()
+    by_channel: Counter = Counter()
+    query = (
+        sa.select(deliveries.c.status, deliveries.c.reason, deliveries.c.channel, sa.func.count())
+        .where(deliveries.c.run_id == run_id)
+        .group_by(deliveries.c.status, deliveries.c.reason, deliveries.c.channel)
+    )
+    for status, reason, channel, count in conn.execute(query):
+        if status == "suppressed":
+            suppressed[reason] += count
+        elif status != "cancelled":
+            planned += count
+            by_channel[channel] += count
+    targeted = conn.execute(
+        sa.select(sa.func.count(sa.distinct(deliveries.c.customer_id))).where(deliveries.c.run_id == run_id)
+    ).scalar_one()
+    return planned, suppressed, by_channel, targeted
+
+
+def _max_cap_period(prepared: Prepared, page: Sequence[Mapping[str, Any]]) -> int:
+    periods = [cap.period_seconds for cap in prepared.settings.caps.values()]
+    days = [row.get("phone_cap_days") or 0 for row in page]
+    return max(periods + [max(days, default=0) * 86400, 86400])
+
+
+def plan_run(
+    data_engine: Engine,
+    ledger_engine: Engine,
+    prepared: Prepared,
+    fire_at: datetime,
+    *,
+    dry_run: bool,
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """Plan one run.  dry_run: decide and report, write nothing (the `plan` command)."""
+    from orchestrator.segments import iter_segment_pages
+
+    started = clock.monotonic()
+    campaign = prepared.campaign
+    fire = int(fire_at.timestamp())
+    summary = RunSummary(campaign=campaign.name, fire_at=fire_at)
+    run_id: int | None = None
+    if not dry_run:
+        run_id, done = open_run(ledger_engine, campaign.name, fire)
+        summary.run_id = run_id
+        if done:
+            summary.existed = True
+            with ledger_engine.connect() as conn:
+                summary.planned, summary.suppressed, summary.by_channel, summary.targeted = run_counts(conn, run_id)
+            return summary
+    pages = iter_segment_pages(
+        data_engine, prepared.segment, now=fire_at, settings=prepared.settings,
+        page_size=prepared.settings.planner.batch_size, extra_where=trigger_condition(prepared, fire_at),
+    )
+    horizon = prepared.rules.deliver_within
+    for page in pages:
+        now = int(clock.time())
+        ids = [row["id"] for row in page]
+        period = _max_cap_period(prepared, page)
+        lo, hi = fire - period, fire + horizon + period
+        if dry_run:
+            with ledger_engine.connect() as conn:
+                history = load_history(conn, ids, campaign.channels, lo, hi, None)
+            rows = decide_page(prepared, page, fire, history, None, now)
+        else:
+            with write_transaction(ledger_engine) as conn:
+                lock_customers(conn, ids)
+                history = load_history(conn, ids, campaign.channels, lo, hi, run_id)
+                rows = decide_page(prepared, page, fire, history, run_id, now)
+                write_rows(conn, rows)
+        _count(summary, rows)
+        if on_rows is not None:
+            on_rows(rows)
+        if progress is not None:
+            progress(len(page))
+    if not dry_run:
+        with write_transaction(ledger_engine) as conn:
+            summary.planned, summary.suppressed, summary.by_channel, summary.targeted = run_counts(conn, run_id)
+            conn.execute(
+                runs.update().where(runs.c.id == run_id).values(
+                    status="planned", finished_at=int(clock.time()), summary=summary.to_dict()
+                )
+            )
+    summary.seconds = clock.monotonic() - started
+    return summary
+
+
+def _count(summary: RunSummary, rows: list[dict[str, Any]]) -> None:
+    summary.targeted += len({row["customer_id"] for row in rows})
+    for row in rows:
+        if row["status"] == "suppressed":
+            summary.suppressed[row["reason"]] += 1
+        else:
+            summary.planned += 1
+            summary.by_channel[row["channel"]] += 1

@@ -1,0 +1,67 @@
+"""Consent and contact (SPEC 7): may this channel carry this category to this customer at all?
+
+Order of the checks, so that the reason recorded is the one a marketer should act on first:
+1. `unsubscribed` — the customer said no (link, STOP, manager, CLI); it outranks everything.
+2. `no_consent` — promo/content/service need the channel's consent.
+3. `no_contact` / `invalid_contact` — no usable address.
+
+Choices where the SPEC is silent:
+- transactional messages are exempt from consent AND from unsubscription (unsubscribing withdraws
+  consent, which transactional messages do not need — the usual ESP rule); they still need a valid
+  address.
+- webhook delivers to the business's own systems (personal cabinet, CRM) keyed by the customer id: it
+  needs no address and no consent, but a customer who unsubscribed from "webhook" gets nothing.
+- a phone marked `wrong_number` is invalid for both SMS and calls.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TRANSACTIONAL = "transactional"
+CONSENT_FREE_CHANNELS = frozenset({"webhook"})
+CHANNELS = ("sms", "email", "phone", "webhook")
+_E164 = re.compile(r"\+[1-9]\d{6,14}")
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    customer_id: str
+    email: str | None
+    phone: str | None  # E.164 or None
+    phone_invalid: bool  # marked wrong_number
+    manager: str | None
+    consent: frozenset[str]  # channels with consent
+    unsubscribed: frozenset[str]  # channels withdrawn by the customer
+    zones: tuple[str, ...]  # candidate zones (may be empty)
+    zone_source: str  # column | city | phone | default
+    phone_cap_days: int | None
+
+
+def _contact_reason(channel: str, r: Recipient) -> str | None:
+    if channel == "email":
+        if not r.email:
+            return "no_contact"
+        return None if "@" in r.email.strip("@") else "invalid_contact"
+    if channel in ("sms", "phone"):
+        if not r.phone:
+            return "no_contact"
+        if r.phone_invalid or not _E164.fullmatch(r.phone):
+            return "invalid_contact"
+        if channel == "phone" and not r.manager:
+            return "no_contact"
+        return None
+    if channel == "webhook":
+        return None
+    raise ValueError(f"unknown channel '{channel}'")
+
+
+def blocked_reason(channel: str, category: str, r: Recipient) -> str | None:
+    """None if `channel` may carry a `category` message to `r`; else the suppression reason."""
+    if category != TRANSACTIONAL:
+        if channel in r.unsubscribed:
+            return "unsubscribed"
+        if channel not in r.consent and channel not in CONSENT_FREE_CHANNELS:
+            return "no_consent"
+    return _contact_reason(channel, r)

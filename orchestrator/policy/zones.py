@@ -1,0 +1,287 @@
+"""Candidate time zones of a recipient (SPEC 7): the `timezone` column, else the city, else the phone.
+
+A Russian mobile number says nothing about where its owner lives (+79… maps to every zone of +7,
+Kazakhstan included), so the phone gives a *set* of candidates and the planner must find a minute
+allowed in all of them.  Everything here is pure and cached: import computes the guess once per
+customer, and the planner may call it again per recipient.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Mapping
+from zoneinfo import available_timezones
+
+import phonenumbers
+from phonenumbers import timezone as _phone_tz
+from phonenumbers.tzdata import TIMEZONE_LONGEST_PREFIX
+
+
+@dataclass(frozen=True)
+class ZoneGuess:
+    zones: tuple[str, ...]
+    source: str  # "column" | "city" | "phone" | "default"
+
+
+DEFAULT_GUESS = ZoneGuess((), "default")
+
+# Names that zoneinfo knows but that are not places (they would silently mean UTC or the host zone).
+_NOT_PLACES = frozenset({"Factory", "localtime", "posixrules", "Etc/Unknown"})
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> dict[str, str]:
+    """casefolded name → canonical IANA name; `europe/moscow` in a CSV is still Moscow."""
+    return {name.casefold(): name for name in available_timezones() if name not in _NOT_PLACES}
+
+
+def canonical_zone(name: str | None) -> str | None:
+    """The IANA name spelled canonically, or None when `name` is not a zone."""
+    if not name:
+        return None
+    return _known_zones().get(name.strip().casefold())
+
+
+# --- cities ----------------------------------------------------------------------------------
+
+# One line per zone: the zone, then the cities (Russian name, optionally `/`-separated Latin or
+# other aliases).  A transliteration of each Russian name is added automatically, so Latin aliases
+# are only listed where the usual spelling differs from it (Moscow, Yekaterinburg, ...).
+_CITY_TABLE = """
+Europe/Kaliningrad: Калининград/Kaliningrad/Koenigsberg; Черняховск; Балтийск; Гусев
+Europe/Moscow: Москва/Moscow/Moskva/Msk/Мск; Санкт-Петербург/Saint Petersburg/St Petersburg/Sankt-Peterburg/St-Petersburg/Petersburg/СПб/Питер/Петербург/Ленинград/Leningrad;
+ Белгород; Брянск; Владимир; Воронеж; Иваново; Калуга; Кострома; Курск; Липецк; Орёл/Orel/Oryol;
+ Рязань/Ryazan; Смоленск; Тамбов; Тверь/Tver; Тула; Ярославль/Yaroslavl; Архангельск; Вологда;
+ Мурманск; Великий Новгород/Veliky Novgorod/Novgorod; Псков; Петрозаводск; Сыктывкар; Нарьян-Мар;
+ Казань/Kazan; Нижний Новгород/Nizhny Novgorod/Nizhniy Novgorod/Н.Новгород; Йошкар-Ола;
+ Саранск; Чебоксары; Пенза; Краснодар; Ростов-на-Дону/Rostov-on-Don/Rostov/Ростов; Элиста;
+ Майкоп; Махачкала; Нальчик; Владикавказ; Грозный/Grozny; Магас; Черкесск; Ставрополь;
+ Симферополь/Simferopol; Севастополь/Sevastopol; Сочи; Новороссийск; Набережные Челны/Naberezhnye Chelny;
+ Череповец; Таганрог; Дзержинск; Шахты; Альметьевск; Нижнекамск; Старый Оскол; Балашиха;
+ Подольск; Химки; Мытищи; Королёв/Korolev; Люберцы; Красногорск; Электросталь; Коломна;
+ Одинцово; Сергиев Посад; Серпухов; Обнинск; Северодвинск; Пятигорск; Кисловодск; Ессентуки;
+ Армавир; Новочеркасск; Волгодонск; Хасавюрт; Дербент; Каспийск; Воркута; Ухта; Великие Луки;
+ Рыбинск; Муром; Ковров; Арзамас; Елец; Новомосковск; Евпатория; Керчь; Ялта; Феодосия;
+ Зеленоград; Долгопрудный; Реутов; Раменское; Щёлково/Shchelkovo; Пушкино; Жуковский; Домодедово;
+ Ногинск; Орехово-Зуево; Батайск; Невинномысск; Новошахтинск; Каменск-Шахтинский; Ейск;
+ Геленджик; Анапа; Туапсе; Северск Краснодарский; Канаш; Новочебоксарск; Зеленодольск;
+ Бугульма; Елабуга; Кострома; Обнинск; Гатчина; Выборг; Колпино; Кронштадт; Пушкин; Петергоф;
+ Кондопога; Котлас; Кингисепп
+Europe/Kirov: Киров/Kirov; Кирово-Чепецк
+Europe/Volgograd: Волгоград/Volgograd; Волжский/Volzhsky; Камышин
+Europe/Astrakhan: Астрахань/Astrakhan
+Europe/Saratov: Саратов/Saratov; Энгельс; Балаково
+Europe/Ulyanovsk: Ульяновск/Ulyanovsk; Димитровград
+Europe/Samara: Самара/Samara; Тольятти/Togliatti/Tolyatti; Сызрань; Новокуйбышевск; Чапаевск;
+ Ижевск/Izhevsk; Сарапул; Воткинск; Глазов
+Asia/Yekaterinburg: Екатеринбург/Yekaterinburg/Ekaterinburg/Екб; Челябинск/Chelyabinsk; Уфа/Ufa;
+ Пермь/Perm; Оренбург; Курган; Тюмень/Tyumen; Ханты-Мансийск/Khanty-Mansiysk; Салехард; Сургут;
+ Нижневартовск; Нефтеюганск; Новый Уренгой/Novy Urengoy; Ноябрьск; Магнитогорск; Нижний Тагил/Nizhny Tagil;
+ Каменск-Уральский; Первоуральск; Златоуст; Миасс; Копейск; Стерлитамак; Салават; Нефтекамск;
+ Октябрьский; Орск; Новотроицк; Березники; Соликамск; Тобольск; Когалым; Надым; Нягань; Ишим;
+ Серов; Верхняя Пышма; Березовский Свердловский; Асбест; Ревда; Шадринск; Туймазы; Бузулук
+Asia/Omsk: Омск/Omsk
+Asia/Novosibirsk: Новосибирск/Novosibirsk; Бердск; Искитим
+Asia/Barnaul: Барнаул/Barnaul; Бийск; Рубцовск; Горно-Алтайск
+Asia/Tomsk: Томск/Tomsk; Северск
+Asia/Novokuznetsk: Кемерово/Kemerovo; Новокузнецк/Novokuznetsk; Прокопьевск; Междуреченск; Ленинск-Кузнецкий; Белово
+Asia/Krasnoyarsk: Красноярск/Krasnoyarsk; Норильск/Norilsk; Абакан; Кызыл; Ачинск; Канск; Минусинск; Саяногорск
+Asia/Irkutsk: Иркутск/Irkutsk; Улан-Удэ/Ulan-Ude; Братск; Ангарск; Усолье-Сибирское; Усть-Илимск
+Asia/Chita: Чита/Chita; Краснокаменск
+Asia/Yakutsk: Якутск/Yakutsk; Благовещенск/Blagoveshchensk; Нерюнгри; Мирный; Свободный
+Asia/Vladivostok: Владивосток/Vladivostok; Хабаровск/Khabarovsk; Комсомольск-на-Амуре/Komsomolsk-on-Amur;
+ Уссурийск; Находка; Биробиджан; Артём/Artem; Спасск-Дальний; Амурск
+Asia/Sakhalin: Южно-Сахалинск/Yuzhno-Sakhalinsk; Корсаков; Холмск
+Asia/Magadan: Магадан/Magadan
+Asia/Srednekolymsk: Среднеколымск
+Asia/Kamchatka: Петропавловск-Камчатский/Petropavlovsk-Kamchatsky; Елизово
+Asia/Anadyr: Анадырь/Anadyr
+Asia/Almaty: Алматы/Almaty/Алма-Ата/Alma-Ata; Астана/Astana/Нур-Султан/Nur-Sultan/Целиноград; Шымкент/Shymkent/Чимкент;
+ Караганда/Karaganda/Qaraghandy; Тараз/Taraz; Павлодар/Pavlodar; Усть-Каменогорск/Oskemen/Ust-Kamenogorsk/Өскемен;
+ Семей/Semey/Семипалатинск; Петропавловск/Petropavl; Темиртау; Туркестан/Turkistan; Кокшетау/Kokshetau;
+ Талдыкорган/Taldykorgan; Экибастуз; Жезказган
+Asia/Aqtobe: Актобе/Aktobe/Aqtobe
+Asia/Atyrau: Атырау/Atyrau
+Asia/Qostanay: Костанай/Kostanay/Qostanay; Рудный
+Asia/Qyzylorda: Кызылорда/Kyzylorda/Qyzylorda
+Asia/Oral: Уральск/Uralsk/Oral
+Asia/Aqtau: Актау/Aktau/Aqtau; Жанаозен
+Europe/Minsk: Минск/Minsk; Гомель/Gomel/Homel; Могилёв/Mogilev/Mahilyow; Витебск/Vitebsk; Гродно/Grodno/Hrodna;
+ Брест/Brest; Бобруйск/Bobruisk; Барановичи; Борисов; Пинск; Орша; Мозырь; Солигорск; Новополоцк; Молодечно; Лида
+Asia/Tashkent: Ташкент/Tashkent/Toshkent; Наманган; Андижан/Andijan; Фергана/Fergana; Бухара/Bukhara/Buxoro;
+ Нукус/Nukus; Карши/Qarshi; Коканд/Kokand; Маргилан; Навои/Navoi; Джизак/Jizzakh; Термез/Termez; Ургенч/Urgench; Чирчик
+Asia/Samarkand: Самарканд/Samarkand/Samarqand
+Asia/Bishkek: Бишкек/Bishkek/Фрунзе; Ош/Osh; Джалал-Абад/Jalal-Abad; Каракол/Karakol; Токмок/Tokmok
+Asia/Dushanbe: Душанбе/Dushanbe; Худжанд/Khujand/Ленинабад; Куляб/Kulob; Бохтар/Bokhtar/Курган-Тюбе; Истаравшан
+Asia/Yerevan: Ереван/Yerevan; Гюмри/Gyumri; Ванадзор/Vanadzor
+Asia/Tbilisi: Тбилиси/Tbilisi; Батуми/Batumi; Кутаиси/Kutaisi; Рустави/Rustavi
+Asia/Baku: Баку/Baku; Гянджа/Ganja; Сумгаит/Sumgait
+Europe/Chisinau: Кишинёв/Chisinau/Kishinev; Бельцы/Balti; Тирасполь/Tiraspol; Бендеры/Bender/Tighina
+"""
+
+_TRANSLIT = {
+    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ж": "zh", "з": "z", "и": "i",
+    "й": "y", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s",
+    "т": "t", "у": "u", "ф": "f", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "shch", "ъ": "",
+    "ы": "y", "ь": "", "э": "e", "ю": "yu", "я": "ya", "ө": "o", "ү": "u", "қ": "k", "ғ": "g",
+    "ң": "n", "һ": "h", "і": "i", "ў": "u",
+}
+
+_PREFIX = re.compile(r"^(?:г|гор|город|city|city of|пгт|пос|п|с|ст|станица|село|деревня)\s+")
+_SUFFIX = re.compile(r"\s+(?:г|гор|город|city)$")
+_SEPARATORS = re.compile(r"[\s\-‐‑‒–—.'’ʼ`\"«»()]+")
+
+
+def city_key(text: str) -> str:
+    """Case-, ё- and punctuation-insensitive key: `г. Орёл`, `Орел г`, `ОРЁЛ` meet here."""
+    key = _SEPARATORS.sub(" ", text.casefold().replace("ё", "е")).strip()
+    key = _PREFIX.sub("", key)
+    return _SUFFIX.sub("", key).strip()
+
+
+def transliterate(text: str) -> str:
+    return "".join(_TRANSLIT.get(char, char) for char in text.casefold().replace("ё", "е"))
+
+
+def _builtin_cities() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for block in re.split(r"\n(?=\S)", _CITY_TABLE.strip()):
+        zone, _, cities = block.partition(":")
+        for entry in cities.replace("\n", " ").split(";"):
+            names = [name.strip() for name in entry.split("/") if name.strip()]
+            if not names:
+                continue
+            keys = {city_key(name) for name in names} | {city_key(transliterate(names[0]))}
+            for key in keys:
+                table.setdefault(key, zone.strip())
+    return table
+
+
+BUILTIN_CITIES: Mapping[str, str] = _builtin_cities()
+
+
+class CityTable:
+    """Built-in cities overridden and extended by the workspace's `[cities]` settings."""
+
+    _CACHE_LIMIT = 100_000
+
+    def __init__(self, overrides: Mapping[str, str] | None = None) -> None:
+        self._table = dict(BUILTIN_CITIES)
+        for name, zone in (overrides or {}).items():
+            self._table[city_key(name)] = zone
+        self._seen: dict[str, str | None] = {}
+
+    def zone(self, city: str) -> str | None:
+        """The zone of `city`; `Россия, г. Москва` and `Свердловская обл., Екатеринбург` work too."""
+        try:
+            return self._seen[city]
+        except KeyError:
+            pass
+        found = self._lookup(city)
+        if len(self._seen) >= self._CACHE_LIMIT:
+            self._seen.clear()
+        self._seen[city] = found
+        return found
+
+    def _lookup(self, city: str) -> str | None:
+        key = city_key(city)
+        if key in self._table:
+            return self._table[key]
+        for part in re.split(r"[,;/]", city):
+            part_key = city_key(part)
+            if part_key in self._table:
+                return self._table[part_key]
+        return None
+
+
+# --- phones ----------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=65_536)
+def _phone_zones_by_prefix(prefix: str, length: int, sample: str) -> tuple[str, ...]:
+    try:
+        number = phonenumbers.parse(sample, None)
+    except phonenumbers.NumberParseException:
+        return ()
+    known = _known_zones()
+    names = _phone_tz.time_zones_for_number(number)
+    return tuple(sorted({name for name in names if name.casefold() in known}))
+
+
+def phone_zones(phone: str) -> tuple[str, ...]:
+    """Every zone the phone's prefix may mean, sorted.
+
+    `phone` is a valid E.164 number (as import stores it).  phonenumbers resolves zones by at most
+    TIMEZONE_LONGEST_PREFIX digits and the number type, which does not change past that prefix for
+    numbers of one length, so the answer is cached per (prefix, length): a million customers cost a
+    few thousand lookups.
+    """
+    if not phone.startswith("+"):
+        return ()
+    prefix = phone[: 1 + TIMEZONE_LONGEST_PREFIX]
+    return _phone_zones_by_prefix(prefix, len(phone), phone)
+
+
+# --- the order of SPEC 7 ---------------------------------------------------------------------
+
+
+class ZoneResolver:
+    """`candidate_zones` bound to one `[cities]` table (import builds one per file)."""
+
+    def __init__(self, cities: Mapping[str, str] | None = None) -> None:
+        self.cities = CityTable(cities)
+
+    def guess(self, timezone: str | None, city: str | None, phone: str | None) -> ZoneGuess:
+        zone = canonical_zone(timezone)
+        if zone:
+            return _single(zone, "column")
+        if city:
+            zone = self.cities.zone(city)
+            if zone:
+                return _single(zone, "city")
+        if phone:
+            zones = phone_zones(phone)
+            if zones:
+                return _guess(zones, "phone")
+        return DEFAULT_GUESS
+
+
+@lru_cache(maxsize=4096)
+def _single(zone: str, source: str) -> ZoneGuess:
+    return ZoneGuess((zone,), source)
+
+
+@lru_cache(maxsize=4096)
+def _guess(zones: tuple[str, ...], source: str) -> ZoneGuess:
+    return ZoneGuess(zones, source)
+
+
+_resolvers: dict[int, tuple[Mapping[str, str], ZoneResolver]] = {}
+
+
+def _resolver(cities: Mapping[str, str]) -> ZoneResolver:
+    """One resolver per settings mapping object (settings are loaded once and not mutated)."""
+    entry = _resolvers.get(id(cities))
+    if entry is not None and entry[0] is cities:
+        return entry[1]
+    if len(_resolvers) >= 16:
+        _resolvers.clear()
+    resolver = ZoneResolver(cities)
+    _resolvers[id(cities)] = (cities, resolver)
+    return resolver
+
+
+_NO_CITIES: Mapping[str, str] = {}
+
+
+def candidate_zones(
+    timezone: str | None,
+    city: str | None,
+    phone: str | None,
+    *,
+    cities: Mapping[str, str] = _NO_CITIES,
+) -> ZoneGuess:
+    """The recipient's candidate zones and how they were found (SPEC 7 order)."""
+    return _resolver(cities).guess(timezone, city, phone)
