@@ -211,7 +211,7 @@ def _customer(rng: random.Random, number: int, today: date) -> _Customer:
     first, full, surname = _person_name(rng, city.country, person.male)
     f = person.fields
     f["id"] = person.id
-    f["name"] = _company(rng, city.country) if wholesale else full
+    f["name"] = _company(rng, city.country, first, surname) if wholesale else full
     f["first_name"] = "" if rng.random() < 0.05 else first
     f["email"] = _email(rng, city.country, first, surname, f["name"] if wholesale else None)
     f["phone"] = _phone(rng, city.country)
@@ -252,8 +252,11 @@ def _feminine(surname: str) -> str:
     return surname
 
 
-def _company(rng: random.Random, country: str) -> str:
+def _company(rng: random.Random, country: str, first: str, surname: str) -> str:
+    """A legal entity in quotes of either kind, or a sole trader under their own name."""
     form = rng.choice(_COMPANY_FORMS[country])
+    if form == "ИП":
+        return f"ИП {surname} {first[0]}."
     brand = "".join(rng.sample(_COMPANY_ROOTS, 2))
     return f'{form} "{brand}"' if rng.random() < 0.6 else f"{form} «{brand}»"
 
@@ -266,7 +269,7 @@ def _email(rng: random.Random, country: str, first: str, surname: str, company: 
     if rng.random() < 0.15:
         return ""
     if company is not None:
-        brand = _latin(company.split(" ", 1)[1])
+        brand = _latin(company.split(" ", 1)[1])[:16]
         return f"{rng.choice(('zakaz', 'info', 'snab', 'office'))}@{brand}.{country.lower()}"
     local = rng.choice((
         f"{_latin(first)}.{_latin(surname)}",

@@ -52,13 +52,13 @@ def _contact_reason(channel: str, r: Recipient) -> str | None:
         if channel == "phone" and not r.manager:
             return "no_contact"
         return None
-    if channel == "webhook":
-        return None
-    raise ValueError(f"unknown channel '{channel}'")
+    return None
 
 
 def blocked_reason(channel: str, category: str, r: Recipient) -> str | None:
     """None if `channel` may carry a `category` message to `r`; else the suppression reason."""
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel '{channel}'")
     if category != TRANSACTIONAL:
         if channel in r.unsubscribed:
             return "unsubscribed"

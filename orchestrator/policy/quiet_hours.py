@@ -149,10 +149,10 @@ def _first_transition(tz: ZoneInfo, a: int, b: int) -> int | None:
     return hi
 
 
-def wall_instant(tz: ZoneInfo, wall: datetime, after: int) -> int:
+def wall_instant(tz: ZoneInfo, wall: datetime, after: int) -> int | None:
     """The first instant > `after` at which the local clock shows `wall` or, when `wall` falls in a
     DST gap, the first instant after the gap; in an overlap, the earlier occurrence that is > after.
-    Returns after + 1 when no such instant lies close (the caller then re-evaluates)."""
+    None when both occurrences are <= after."""
     early = int(wall.replace(tzinfo=tz, fold=0).timestamp())
     late = int(wall.replace(tzinfo=tz, fold=1).timestamp())
     if early > late:  # a gap: fold=0 lands after the transition, fold=1 before it
@@ -163,7 +163,7 @@ def wall_instant(tz: ZoneInfo, wall: datetime, after: int) -> int:
     for candidate in candidates:
         if candidate > after:
             return candidate
-    return after + 1
+    return None
 
 
 def _quiet_until(spec: _Spec, local: datetime, country: str) -> datetime | None:
@@ -208,7 +208,7 @@ def _next_in_zone(spec: _Spec, t: int, zone: str, country: str, until: int) -> i
         wall = _quiet_until(spec, local, country)
         if wall is None:
             return t
-        end = wall_instant(tz, wall, t)
+        end = wall_instant(tz, wall, t) or t + MINUTE
         transition = _first_transition(tz, t, end)
         if transition is not None and transition < end:
             end = transition  # the clock jumps: re-evaluate right after the jump

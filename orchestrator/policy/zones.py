@@ -66,8 +66,8 @@ Europe/Moscow: Москва/Moscow/Moskva/Msk/Мск; Санкт-Петербу�
  Рыбинск; Муром; Ковров; Арзамас; Елец; Новомосковск; Евпатория; Керчь; Ялта; Феодосия;
  Зеленоград; Долгопрудный; Реутов; Раменское; Щёлково/Shchelkovo; Пушкино; Жуковский; Домодедово;
  Ногинск; Орехово-Зуево; Батайск; Невинномысск; Новошахтинск; Каменск-Шахтинский; Ейск;
- Геленджик; Анапа; Туапсе; Северск Краснодарский; Канаш; Новочебоксарск; Зеленодольск;
- Бугульма; Елабуга; Кострома; Обнинск; Гатчина; Выборг; Колпино; Кронштадт; Пушкин; Петергоф;
+ Геленджик; Анапа; Туапсе; Канаш; Новочебоксарск; Зеленодольск;
+ Бугульма; Елабуга; Гатчина; Выборг; Колпино; Кронштадт; Пушкин; Петергоф;
  Кондопога; Котлас; Кингисепп
 Europe/Kirov: Киров/Kirov; Кирово-Чепецк
 Europe/Volgograd: Волгоград/Volgograd; Волжский/Volzhsky; Камышин
@@ -80,8 +80,8 @@ Asia/Yekaterinburg: Екатеринбург/Yekaterinburg/Ekaterinburg/Екб; 
  Пермь/Perm; Оренбург; Курган; Тюмень/Tyumen; Ханты-Мансийск/Khanty-Mansiysk; Салехард; Сургут;
  Нижневартовск; Нефтеюганск; Новый Уренгой/Novy Urengoy; Ноябрьск; Магнитогорск; Нижний Тагил/Nizhny Tagil;
  Каменск-Уральский; Первоуральск; Златоуст; Миасс; Копейск; Стерлитамак; Салават; Нефтекамск;
- Октябрьский; Орск; Новотроицк; Березники; Соликамск; Тобольск; Когалым; Надым; Нягань; Ишим;
- Серов; Верхняя Пышма; Березовский Свердловский; Асбест; Ревда; Шадринск; Туймазы; Бузулук
+ Орск; Новотроицк; Березники; Соликамск; Тобольск; Когалым; Надым; Нягань; Ишим;
+ Серов; Верхняя Пышма; Асбест; Ревда; Шадринск; Туймазы; Бузулук
 Asia/Omsk: Омск/Omsk
 Asia/Novosibirsk: Новосибирск/Novosibirsk; Бердск; Искитим
 Asia/Barnaul: Барнаул/Barnaul; Бийск; Рубцовск; Горно-Алтайск
@@ -90,7 +90,7 @@ Asia/Novokuznetsk: Кемерово/Kemerovo; Новокузнецк/Novokuznets
 Asia/Krasnoyarsk: Красноярск/Krasnoyarsk; Норильск/Norilsk; Абакан; Кызыл; Ачинск; Канск; Минусинск; Саяногорск
 Asia/Irkutsk: Иркутск/Irkutsk; Улан-Удэ/Ulan-Ude; Братск; Ангарск; Усолье-Сибирское; Усть-Илимск
 Asia/Chita: Чита/Chita; Краснокаменск
-Asia/Yakutsk: Якутск/Yakutsk; Благовещенск/Blagoveshchensk; Нерюнгри; Мирный; Свободный
+Asia/Yakutsk: Якутск/Yakutsk; Благовещенск/Blagoveshchensk; Нерюнгри; Свободный
 Asia/Vladivostok: Владивосток/Vladivostok; Хабаровск/Khabarovsk; Комсомольск-на-Амуре/Komsomolsk-on-Amur;
  Уссурийск; Находка; Биробиджан; Артём/Artem; Спасск-Дальний; Амурск
 Asia/Sakhalin: Южно-Сахалинск/Yuzhno-Sakhalinsk; Корсаков; Холмск
@@ -199,10 +199,12 @@ class CityTable:
 # --- phones ----------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=65_536)
-def _phone_zones_by_prefix(prefix: str, length: int, sample: str) -> tuple[str, ...]:
+_phone_cache: dict[tuple[str, int], tuple[str, ...]] = {}
+
+
+def _phone_zones_uncached(phone: str) -> tuple[str, ...]:
     try:
-        number = phonenumbers.parse(sample, None)
+        number = phonenumbers.parse(phone, None)
     except phonenumbers.NumberParseException:
         return ()
     known = _known_zones()
@@ -220,8 +222,13 @@ def phone_zones(phone: str) -> tuple[str, ...]:
     """
     if not phone.startswith("+"):
         return ()
-    prefix = phone[: 1 + TIMEZONE_LONGEST_PREFIX]
-    return _phone_zones_by_prefix(prefix, len(phone), phone)
+    key = (phone[: 1 + TIMEZONE_LONGEST_PREFIX], len(phone))
+    zones = _phone_cache.get(key)
+    if zones is None:
+        if len(_phone_cache) >= 65_536:
+            _phone_cache.clear()
+        zones = _phone_cache[key] = _phone_zones_uncached(phone)
+    return zones
 
 
 # --- the order of SPEC 7 ---------------------------------------------------------------------
