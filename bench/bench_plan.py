@@ -1,0 +1,184 @@
+"""Benchmark: `plan` and `run` of one campaign over N customers (default 1,000,000).
+
+    .venv/bin/python bench/bench_plan.py [--rows N] [--db sqlite|postgresql] [--pg-url URL]
+
+Builds a scratch workspace (settings, a segment, an SMS template, a campaign), fills the database
+directly, then runs `orchestrator plan` and `orchestrator run` as child processes and prints
+recipients per second and the child's peak memory, beside the raw Jinja2 render rate and the raw
+batched insert rate of the same database measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from orchestrator.storage.engine import connect, write_transaction  # noqa: E402
+from orchestrator.storage.schema import customer_stats, customers  # noqa: E402
+
+SMS = (
+    "{{ customer.first_name|default('Покупатель') }}, ваш бонусный баланс {{ customer.bonus_balance|money }}. "
+    "Скидка {{ offer.discount }}% до {{ offer.valid_until|date('d MMMM') }}. {{ customer.city|default('') }}"
+)
+CITIES = ["Москва", "Самара", "Екатеринбург", "Омск", "Новосибирск", "Красноярск", "Иркутск", "Якутск",
+          "Владивосток", "Магадан", "Калининград", "Алматы", "Ташкент", "Минск"]
+ZONES = {"Москва": "Europe/Moscow", "Самара": "Europe/Samara", "Екатеринбург": "Asia/Yekaterinburg",
+         "Омск": "Asia/Omsk", "Новосибирск": "Asia/Novosibirsk", "Красноярск": "Asia/Krasnoyarsk",
+         "Иркутск": "Asia/Irkutsk", "Якутск": "Asia/Yakutsk", "Владивосток": "Asia/Vladivostok",
+         "Магадан": "Asia/Magadan", "Калининград": "Europe/Kaliningrad", "Алматы": "Asia/Almaty",
+         "Ташкент": "Asia/Tashkent", "Минск": "Europe/Minsk"}
+
+
+def workspace(root: Path, url: str) -> Path:
+    (root / "segments").mkdir(parents=True)
+    (root / "templates" / "sms").mkdir(parents=True)
+    (root / "campaigns").mkdir(parents=True)
+    (root / "settings.toml").write_text(
+        f'[database]\nurl = "{url}"\n[planner]\nbatch_size = 5000\n', encoding="utf-8")
+    (root / "segments" / "bench.yaml").write_text(
+        "description: bench\nwhere:\n  all:\n    - consent_sms: true\n    - abc_group: {in: [A, B]}\n", encoding="utf-8")
+    (root / "templates" / "sms" / "bench.txt.j2").write_text(SMS, encoding="utf-8")
+    (root / "campaigns" / "bench.yaml").write_text(
+        "name: bench\nsegment: bench\ncategory: service\nchannels: [sms]\ntemplate: bench\n"
+        "offer: {discount: 7, valid_until: 2026-12-15}\nschedule:\n  at: 2026-12-01T10:00\n", encoding="utf-8")
+    return root / "settings.toml"
+
+
+def fill(engine: sa.Engine, rows: int) -> None:
+    rng = random.Random(1)
+    now = int(time.time())
+    batch: list[dict] = []
+    stats: list[dict] = []
+    for i in range(rows):
+        city = rng.choice(CITIES)
+        cid = f"C{i:07d}"
+        batch.append({
+            "id": cid, "name": f"Клиент {i}", "first_name": rng.choice(["Анна", "Иван", None, "Мария"]),
+            "email": f"c{i}@example.com", "phone": f"+7912{i:07d}", "city": city,
+            "timezone": ZONES[city] if rng.random() < 0.3 else None, "abc_group": rng.choice("ABBC"),
+            "bonus_balance": rng.randint(0, 5000) + 0.5, "consent_sms": rng.random() < 0.9,
+            "consent_email": True, "consent_phone": False, "zones": ZONES[city], "zone_source": "city",
+            "created_at": now, "updated_at": now, "attrs": {"client_type": "retail"},
+        })
+        stats.append({"customer_id": cid, "purchases_count": 3, "total_spent": 1000.0, "first_purchase_day": 20000,
+                      "last_purchase_day": 20300, "avg_purchase_interval_days": 30.0, "updated_at": now})
+        if len(batch) == 10000:
+            _write(engine, batch, stats)
+            batch, stats = [], []
+    _write(engine, batch, stats)
+
+
+def _write(engine: sa.Engine, batch: list[dict], stats: list[dict]) -> None:
+    if batch:
+        with write_transaction(engine) as conn:
+            conn.execute(customers.insert(), batch)
+            conn.execute(customer_stats.insert(), stats)
+
+
+def raw_render_rate(seconds: float = 2.0) -> float:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(undefined=StrictUndefined)
+    env.filters["money"] = lambda v: f"{v:.2f} ₽"
+    env.filters["date"] = lambda v, f: str(v)
+    template = env.from_string(SMS)
+    context = {"customer": {"first_name": "Анна", "bonus_balance": 1234.5, "city": "Омск"},
+               "offer": {"discount": 7, "valid_until": "2026-12-15"}}
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(1000):
+            template.render(context)
+        count += 1000
+    return count / (time.perf_counter() - started)
+
+
+def raw_insert_rate(engine: sa.Engine, rows: int = 200_000) -> float:
+    scratch = sa.Table("bench_raw", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                       sa.Column("run_id", sa.Integer), sa.Column("customer_id", sa.String(64)),
+                       sa.Column("channel", sa.String(16)), sa.Column("status", sa.String(16)),
+                       sa.Column("send_at", sa.BigInteger), sa.Column("payload", sa.Text),
+                       sa.UniqueConstraint("run_id", "customer_id", "channel"))
+    scratch.drop(engine, checkfirst=True)
+    scratch.create(engine)
+    payload = json.dumps({"address": "+79120000000", "text": "x" * 120})
+    started = time.perf_counter()
+    for start in range(0, rows, 10000):
+        with write_transaction(engine) as conn:
+            conn.execute(scratch.insert(), [
+                {"run_id": 1, "customer_id": f"C{i:07d}", "channel": "sms", "status": "planned",
+                 "send_at": 1, "payload": payload} for i in range(start, start + 10000)])
+    rate = rows / (time.perf_counter() - started)
+    scratch.drop(engine)
+    return rate
+
+
+def timed_child(settings: Path, *args: str) -> tuple[float, dict, float]:
+    started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "--config", str(settings), *args, "--json"],
+                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"{args[0]} failed: {result.stderr}")
+    summary = [json.loads(line) for line in result.stdout.splitlines() if '"summary"' in line][-1]
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return elapsed, summary, max(peak, before) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
+        root = Path(tmp)
+        schema = None
+        if args.db == "sqlite":
+            url = f"sqlite:///{root / 'bench.db'}"
+        else:
+            schema = f"bench_{os.getpid()}"
+            admin = sa.create_engine(args.pg_url.replace("postgresql://", "postgresql+psycopg://"))
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+            url = f"{args.pg_url}?options=-csearch_path%3D{schema}"
+        try:
+            settings = workspace(root / "ws", url)
+            engine = connect(url)
+            started = time.perf_counter()
+            fill(engine, args.rows)
+            print(f"filled {args.rows:,} customers in {time.perf_counter() - started:.1f} s")
+            render = raw_render_rate()
+            insert = raw_insert_rate(engine)
+            engine.dispose()
+            print(f"raw Jinja2 SMS render:        {render:12,.0f} /s")
+            print(f"raw batched ledger insert:    {insert:12,.0f} rows/s ({args.db})")
+            for command in ("plan", "run"):
+                elapsed, summary, peak = timed_child(settings, command, "bench", "--now", "2026-12-01T10:00")
+                targeted = summary["targeted"]
+                rate = targeted / elapsed
+                print(f"{command:4} {targeted:,} recipients in {elapsed:.1f} s: {rate:10,.0f} recipients/s "
+                      f"(render ratio {rate / render:.2f}, insert ratio {rate / insert:.2f}), peak RSS {peak:.0f} MB, "
+                      f"planned {summary['planned']:,}, suppressed {summary['suppressed']:,}")
+        finally:
+            if schema:
+                with admin.begin() as conn:
+                    conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+if __name__ == "__main__":
+    main()
