@@ -1,0 +1,158 @@
+"""The planner end to end on SQLite and PostgreSQL: decisions, ledger rows, run identity, caps
+across campaigns, holdout, template errors, unsubscribe, and concurrent planner processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.campaigns import load_campaign
+from orchestrator.ledger import unsubscribe
+from orchestrator.planner import plan_run, prepare
+from orchestrator.settings import load_settings
+from orchestrator.storage.engine import connect
+from orchestrator.storage.schema import deliveries, runs
+from tests.planner_fixtures import customer, insert_customers, make_workspace, write_campaign
+
+UTC = timezone.utc
+REPO = Path(__file__).resolve().parent.parent
+FIRE = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)  # 10:00 Moscow, a Tuesday
+
+
+def setup(tmp_path: Path, db_url: str, rows: list[dict], **campaign_fields):  # type: ignore[no-untyped-def]
+    settings_path = make_workspace(tmp_path / "ws", db_url)
+    write_campaign(tmp_path / "ws", "promo", **campaign_fields)
+    settings = load_settings(settings_path, environ={})
+    engine = connect(db_url)
+    insert_customers(engine, rows)
+    prepared = prepare(settings, load_campaign(tmp_path / "ws" / "campaigns" / "promo.yaml"), engine=engine)
+    return settings, engine, prepared
+
+
+def ledger(engine: sa.Engine) -> list[sa.Row]:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(deliveries).order_by(deliveries.c.customer_id, deliveries.c.channel)).all()
+
+
+def test_plan_changes_nothing_and_run_writes_the_same_decisions(tmp_path: Path, db_url: str) -> None:
+    rows = [customer(f"C{i}") for i in range(5)] + [customer("C9", consent_sms=False)]
+    _, engine, prepared = setup(tmp_path, db_url, rows)
+    seen: list[dict] = []
+    summary = plan_run(engine, engine, prepared, FIRE, dry_run=True, on_rows=seen.extend)
+    assert ledger(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one() == 0
+    assert (summary.targeted, summary.planned, dict(summary.suppressed)) == (6, 5, {"no_consent": 1})
+
+    summary = plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    rows_written = ledger(engine)
+    assert [(r.customer_id, r.status, r.reason) for r in rows_written] == [
+        (d["customer_id"], d["status"], d["reason"]) for d in sorted(seen, key=lambda d: d["customer_id"])]
+    planned = [r for r in rows_written if r.status == "planned"]
+    assert all(r.send_at == int(FIRE.timestamp()) for r in planned)
+    assert planned[0].payload["text"] == "Анна, скидка 7% & подарок"   # not HTML-escaped in an SMS
+    assert planned[0].payload["sms"]["encoding"] == "UCS-2"
+
+
+def test_the_same_run_twice_plans_nothing_new(tmp_path: Path, db_url: str) -> None:
+    _, engine, prepared = setup(tmp_path, db_url, [customer(f"C{i}") for i in range(3)])
+    first = plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    second = plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    assert second.existed and second.run_id == first.run_id and second.planned == 3
+    assert len(ledger(engine)) == 3
+
+
+def test_caps_count_messages_of_other_campaigns(tmp_path: Path, db_url: str) -> None:
+    settings, engine, prepared = setup(tmp_path, db_url, [customer("C1"), customer("C2")])
+    plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    write_campaign(tmp_path / "ws", "second", channels=["sms", "email"])
+    second = prepare(settings, load_campaign(tmp_path / "ws" / "campaigns" / "second.yaml"), engine=engine)
+    later = datetime(2026, 12, 20, 7, tzinfo=UTC)  # 19 days later: inside the SMS cap of 1/30d
+    summary = plan_run(engine, engine, second, later, dry_run=False)
+    assert dict(summary.by_channel) == {"email": 2}       # first mode: capped SMS → email
+    rows = [r for r in ledger(engine) if r.campaign == "second"]
+    assert {(r.channel, r.status) for r in rows} == {("email", "planned")}
+
+
+def test_holdout_and_template_errors_are_suppressed_with_their_reason(tmp_path: Path, db_url: str) -> None:
+    rows = [customer(f"C{i:03d}") for i in range(200)]
+    _, engine, prepared = setup(tmp_path, db_url, rows, holdout="20%")
+    summary = plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    held = summary.suppressed["holdout"]
+    assert 20 < held < 65 and summary.planned == 200 - held
+    assert {r.customer_id for r in ledger(engine) if r.reason == "holdout"} == {
+        r["id"] for r in rows if prepared.campaign.in_holdout(r["id"])}
+
+    (tmp_path / "ws" / "templates" / "sms" / "hello.txt.j2").write_text("Здравствуйте, {{ customer.patronymic }}", encoding="utf-8")
+
+
+def test_missing_field_in_a_template_suppresses_that_recipient(tmp_path: Path, db_url: str) -> None:
+    rows = [customer("C1"), customer("C2", first_name=None)]
+    settings_path = make_workspace(tmp_path / "ws", db_url)
+    (tmp_path / "ws" / "templates" / "sms" / "strict.txt.j2").write_text("Здравствуйте, {{ customer.first_name }}!", encoding="utf-8")
+    write_campaign(tmp_path / "ws", "strict", template="strict")
+    settings = load_settings(settings_path, environ={})
+    engine = connect(db_url)
+    insert_customers(engine, rows)
+    prepared = prepare(settings, load_campaign(tmp_path / "ws" / "campaigns" / "strict.yaml"), engine=engine)
+    plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    by_id = {r.customer_id: r for r in ledger(engine)}
+    assert by_id["C1"].status == "planned"
+    assert (by_id["C2"].status, by_id["C2"].reason) == ("suppressed", "template_error")
+    assert "strict.txt.j2" in by_id["C2"].detail and "first_name" in by_id["C2"].detail
+
+
+def test_local_time_and_quiet_hours_follow_the_recipient_zone(tmp_path: Path, db_url: str) -> None:
+    rows = [customer("VL", timezone="Asia/Vladivostok", zones="Asia/Vladivostok"),
+            customer("KG", timezone="Europe/Kaliningrad", zones="Europe/Kaliningrad")]
+    _, engine, prepared = setup(tmp_path, db_url, rows, schedule={"at": "2026-12-01T10:00", "local_time": "11:00"},
+                                deliver_within="48h")
+    plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    by_id = {r.customer_id: r for r in ledger(engine)}
+    # Vladivostok is 7 h ahead of Moscow: 11:00 local had passed at 17:00 local → next day.
+    assert datetime.fromtimestamp(by_id["VL"].send_at, UTC) == datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
+    assert datetime.fromtimestamp(by_id["KG"].send_at, UTC) == datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    assert by_id["VL"].zone == "Asia/Vladivostok"
+
+
+def test_unsubscribe_withdraws_planned_messages_at_once(tmp_path: Path, db_url: str) -> None:
+    _, engine, prepared = setup(tmp_path, db_url, [customer("C1"), customer("C2")])
+    plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    assert unsubscribe(engine, "C1", "sms") == 1
+    by_id = {r.customer_id: r for r in ledger(engine)}
+    assert (by_id["C1"].status, by_id["C1"].reason) == ("suppressed", "unsubscribed")
+    assert by_id["C2"].status == "planned"
+
+
+CONCURRENT_CUSTOMERS = 600
+
+
+@pytest.mark.slow
+def test_two_concurrent_planner_processes_never_exceed_a_cap(tmp_path: Path, db_url: str) -> None:
+    """Two `run` processes of different campaigns over the same customers at the same moment."""
+    settings_path = make_workspace(tmp_path / "ws", db_url, batch=25)
+    for name in ("alpha", "beta"):
+        write_campaign(tmp_path / "ws", name, schedule={"at": "2026-12-01T10:00"})
+    engine = connect(db_url)
+    insert_customers(engine, [customer(f"C{i:04d}") for i in range(CONCURRENT_CUSTOMERS)])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "orchestrator", "--config", str(settings_path), "run"]
+    procs = [subprocess.Popen(command + [name, "--now", "2026-12-01T12:00", "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) for name in ("alpha", "beta")]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    rows = ledger(engine)
+    planned = Counter(r.customer_id for r in rows if r.status == "planned")
+    capped = Counter(r.customer_id for r in rows if r.reason == "capped")
+    assert max(planned.values()) == 1                      # the cap: one SMS per 30 days
+    assert len(planned) == CONCURRENT_CUSTOMERS            # and everyone got exactly one
+    assert sum(capped.values()) == CONCURRENT_CUSTOMERS    # the other campaign was refused
+    assert {r.campaign for r in rows if r.status == "planned"} == {"alpha", "beta"}
