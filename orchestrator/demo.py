@@ -1,0 +1,72 @@
+"""`orchestrator demo`: the five-minute tour as one command, on the embedded default.
+
+It writes the sample data, imports it, validates the workspace, previews one campaign and simulates
+a month of every campaign.  It drives the same commands a marketer would type, in order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+from orchestrator import console
+from orchestrator.settings import Settings
+
+TOUR_CAMPAIGN = "wake-sleeping-wholesale"
+
+
+def _step(title: str, command: Callable[..., Any], **kwargs: Any) -> int:
+    console.out("")
+    console.out(f"=== {title}")
+    try:
+        command(**kwargs)
+    except typer.Exit as done:
+        return done.exit_code
+    return 0
+
+
+def run_demo(settings: Settings, *, start: str, days: int) -> None:
+    from orchestrator import cli
+    from orchestrator.sample import write_sample
+
+    config = settings.path
+    sample_dir = settings.resolve("var/sample")
+    customers_csv, purchases_csv = write_sample(sample_dir)
+    console.out(f"sample data: {customers_csv} and {purchases_csv}")
+    common: dict[str, Any] = {"config": config, "as_json": False}
+    imports = {"encoding": None, "delimiter": None, "map": None, "errors": None}
+    _step(f"orchestrator import customers {_short(customers_csv)}", cli.import_customers, file=customers_csv, **imports, **common)
+    _step(f"orchestrator import purchases {_short(purchases_csv)}", cli.import_purchases, file=purchases_csv, **imports, **common)
+    _step("orchestrator segment list", cli.segment_list, **common)
+    _step("orchestrator segment show sleeping_wholesale", cli.segment_show, name="sleeping_wholesale", now=start, limit=5, **common)
+    code = _step("orchestrator validate", cli.validate, files=None, now=start, **common)
+    if code:
+        raise typer.Exit(code)
+    campaigns = {p.stem for p in settings.campaigns_dir.glob("*.yaml")}
+    if TOUR_CAMPAIGN in campaigns:
+        _step(f"orchestrator plan {TOUR_CAMPAIGN} --now {start}T10:00 (summary)", _plan_summary,
+              settings=settings, name=TOUR_CAMPAIGN, now=f"{start}T10:00")
+    _step(f"orchestrator simulate --start {start} --days {days}", cli.simulate, start=start, days=days, campaigns=None, **common)
+    console.out("")
+    console.out("Next: `orchestrator plan CAMPAIGN` shows every decision; `orchestrator run CAMPAIGN` writes the ledger; "
+                "`orchestrator deliveries` and `orchestrator report CAMPAIGN` show what it holds.")
+
+
+def _plan_summary(settings: Settings, name: str, now: str) -> None:
+    from orchestrator import cli
+    from orchestrator.planner import plan_run
+
+    engine = cli.engine_for(settings)
+    prepared = cli._prepare(settings, engine, name)
+    fire = cli._fire_time(settings, prepared, cli.parse_now(now, settings), for_plan=True)
+    summary = plan_run(engine, engine, prepared, fire, dry_run=True)
+    cli._print_summary(summary, False, heading="plan (nothing written)")
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
