@@ -70,7 +70,10 @@ def counts_for(cap: Cap, sent: Sent) -> bool:
 
 
 def _times(cap: Cap, history: Sequence[Sent]) -> list[int]:
-    return sorted(s.at for s in history if counts_for(cap, s))
+    channel, _, category = cap.key.partition(".")
+    if category:
+        return sorted(s.at for s in history if s.channel == channel and s.category == category)
+    return sorted(s.at for s in history if s.channel == channel and s.category != TRANSACTIONAL)
 
 
 def _fits(times: list[int], limit: int, period: int, t: int) -> bool:

@@ -70,7 +70,8 @@ def ceil_minute(t: int) -> int:
 
 
 @lru_cache(maxsize=None)
-def _tz(zone: str) -> ZoneInfo:
+def zone_info(zone: str) -> ZoneInfo:
+    """ZoneInfo objects are cached by the library too; this skips its key normalisation."""
     return ZoneInfo(zone)
 
 
@@ -197,12 +198,12 @@ def is_quiet(channel: str, t: int, zone: str, quiet: QuietHoursSettings, country
     spec = channel_spec(channel, quiet)
     if spec == _NEVER:
         return False
-    return _quiet_until(spec, datetime.fromtimestamp(t, _tz(zone)), country) is not None
+    return _quiet_until(spec, datetime.fromtimestamp(t, zone_info(zone)), country) is not None
 
 
 def _next_in_zone(spec: _Spec, t: int, zone: str, country: str, until: int) -> int | None:
     """First minute-aligned instant >= t (t is aligned) allowed in one zone, or None before until."""
-    tz = _tz(zone)
+    tz = zone_info(zone)
     while t < until:
         local = datetime.fromtimestamp(t, tz)
         wall = _quiet_until(spec, local, country)
