@@ -144,9 +144,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (SQLite), for profiling")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
-        root = Path(tmp)
+        root = args.keep or Path(tmp)
         schema = None
         if args.db == "sqlite":
             url = f"sqlite:///{root / 'bench.db'}"

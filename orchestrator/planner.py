@@ -23,7 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator.campaigns import Campaign, CampaignFile
-from orchestrator.errors import NotFound
+from orchestrator.errors import NotFound, TemplateError
+from orchestrator.links import cabinet_link, unsubscribe_link
 from orchestrator.policy.caps import Sent
 from orchestrator.policy.consent import Recipient
 from orchestrator.policy.decide import Decision, PolicyContext, Rules, decide
@@ -50,6 +51,12 @@ class Prepared:
     @property
     def campaign(self) -> Campaign:
         return self.file.campaign
+
+    @property
+    def campaign_view(self) -> dict[str, str]:
+        """`campaign` of templates."""
+        campaign = self.file.campaign
+        return {"name": campaign.name, "description": campaign.description, "category": campaign.category}
 
 
 @dataclass
@@ -187,65 +194,84 @@ def _zone(name: str) -> ZoneInfo:
 
 def customer_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """The `customer` of templates: columns, derived fields, custom attributes (columns win)."""
-    attrs = row.get("attrs") or {}
-    view = {key: value for key, value in row.items() if key != "attrs"}
-    for key, value in attrs.items():
-        view.setdefault(key, value)
+    view = dict(row)
+    _flatten_attrs(view)
     return view
 
 
-class _Row(dict):
-    """A ledger row being built; a dict so that executemany takes it as it is."""
+def _flatten_attrs(row: dict[str, Any]) -> dict[str, Any]:
+    """Custom attributes become fields of the customer; done in place, once per page row."""
+    attrs = row.pop("attrs", None)
+    if attrs:
+        for key, value in attrs.items():
+            row.setdefault(key, value)
+    return row
 
 
-def _render_context(prepared: Prepared, row: Mapping[str, Any], decision: Decision, unsubscribe: str) -> dict[str, Any]:
-    from orchestrator.links import cabinet_link
+class Links:
+    """`links` of templates.  The signed unsubscribe link is computed only if a template uses it."""
 
-    settings = prepared.settings
-    zone = _zone(decision.zone)
-    moment = datetime.fromtimestamp(decision.send_at or 0, UTC).astimezone(zone)
-    customer = customer_view(row)
+    __slots__ = ("_settings", "_customer_id", "_channel", "_campaign", "_unsubscribe")
+
+    def __init__(self, settings: Settings, customer_id: str, channel: str, campaign: str) -> None:
+        self._settings = settings
+        self._customer_id = customer_id
+        self._channel = channel
+        self._campaign = campaign
+        self._unsubscribe: str | None = None
+
+    @property
+    def unsubscribe(self) -> str:
+        if self._unsubscribe is None:
+            self._unsubscribe = unsubscribe_link(
+                self._settings.web.base_url, self._settings.general.secret_key,
+                self._customer_id, self._channel, self._campaign,
+            )
+        return self._unsubscribe
+
+    @property
+    def cabinet(self) -> str:
+        return cabinet_link(self._settings.web.base_url, self._customer_id)
+
+
+def _render_context(prepared: Prepared, customer: dict[str, Any], decision: Decision, links: Links) -> dict[str, Any]:
+    moment = datetime.fromtimestamp(decision.send_at or 0, UTC).astimezone(_zone(decision.zone))
     customer["local_time"] = moment
-    campaign = prepared.campaign
     return {
         "customer": customer,
-        "offer": campaign.offer,
-        "campaign": {"name": campaign.name, "description": campaign.description, "category": campaign.category},
-        "links": {"unsubscribe": unsubscribe, "cabinet": cabinet_link(settings.web.base_url, row["id"])},
+        "offer": prepared.campaign.offer,
+        "campaign": prepared.campaign_view,
+        "links": links,
         "now": moment,
     }
 
 
 def _payload(prepared: Prepared, channel: str, row: Mapping[str, Any], decision: Decision, now: int) -> tuple[dict[str, Any] | None, str | None]:
     """Render one message; a template error suppresses this recipient with the reason kept."""
-    from orchestrator.errors import TemplateError
-    from orchestrator.links import unsubscribe_link
-
-    settings = prepared.settings
     campaign = prepared.campaign
-    unsubscribe = unsubscribe_link(settings.web.base_url, settings.general.secret_key, row["id"], channel, campaign.name)
+    customer = _flatten_attrs(row if isinstance(row, dict) else dict(row))
+    links = Links(prepared.settings, customer["id"], channel, campaign.name)
     try:
         rendered = prepared.renderer.render(
             channel,
             campaign.template,
-            _render_context(prepared, row, decision, unsubscribe),
+            _render_context(prepared, customer, decision, links),
             subject=campaign.subject if channel == "email" else None,
             sms_max_parts=campaign.sms_max_parts,
         )
     except TemplateError as error:
         return None, str(error)
-    address_field = CHANNEL_ADDRESS.get(channel, "id")
-    payload: dict[str, Any] = {"address": row.get(address_field), "text": rendered.text}
+    payload: dict[str, Any] = {"address": customer.get(CHANNEL_ADDRESS.get(channel, "id")), "text": rendered.text}
     if channel == "phone":
-        payload["manager"] = row.get("manager")
+        payload["manager"] = customer.get("manager")
     if rendered.subject is not None:
         payload["subject"] = rendered.subject
     if rendered.html is not None:
         payload["html"] = rendered.html
     if rendered.sms is not None:
         payload["sms"] = {"encoding": rendered.sms.encoding, "units": rendered.sms.units, "parts": rendered.sms.parts}
-    if campaign.category in ("promo", "content"):
-        payload["unsubscribe"] = unsubscribe
+    if channel == "email" and campaign.category in ("promo", "content"):
+        payload["unsubscribe"] = links.unsubscribe
     return payload, None
 
 
