@@ -712,7 +712,9 @@ def _page_query(derived: dict[str, ColumnElement[Any]], condition: ColumnElement
 
 def _fetch(engine: Engine, query: sa.Select[Any]) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        return [dict(row) for row in conn.execute(query).mappings()]
+        result = conn.execute(query)
+        keys = tuple(result.keys())
+        return [dict(zip(keys, row)) for row in result]
 
 
 def iter_segment_pages(
