@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Mapping
 from zoneinfo import available_timezones
 
 import phonenumbers
 from phonenumbers import timezone as _phone_tz
-from phonenumbers.tzdata import TIMEZONE_LONGEST_PREFIX
+from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
+from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 
 @dataclass(frozen=True)
 class ZoneGuess:
     zones: tuple[str, ...]
     source: str  # "column" | "city" | "phone" | "default"
+
+    @cached_property
+    def text(self) -> str:
+        """The zones space separated, as the customers table keeps them."""
+        return " ".join(self.zones)
 
 
 DEFAULT_GUESS = ZoneGuess((), "default")
@@ -199,35 +205,111 @@ class CityTable:
 # --- phones ----------------------------------------------------------------------------------
 
 
-_phone_cache: dict[tuple[str, int], tuple[str, ...]] = {}
+_exact_cache: dict[tuple[str, int], tuple[str, ...]] = {}
+_prefix_answers: dict[str, tuple[str, ...] | None] = {}
+# Every proper prefix of a key of the zone data: a longest-prefix walk stops where none continues.
+_PREFIX_STEMS = frozenset(key[:n] for key in TIMEZONE_DATA for n in range(1, len(key)))
+# The number type (mobile, fixed line, toll free...) is decided by the leading national digits;
+# six of them suffice for every region's patterns as far as tests/test_zones.py samples them.
+_TYPE_DIGITS = 6
+
+
+def _usable(names: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    known = _known_zones()
+    return tuple(sorted({name for name in names or () if name.casefold() in known}))
+
+
+def _data_prefix(digits: str) -> str:
+    best = ""
+    for length in range(1, min(len(digits), TIMEZONE_LONGEST_PREFIX) + 1):
+        head = digits[:length]
+        if head in TIMEZONE_DATA:
+            best = head
+        if head not in _PREFIX_STEMS:
+            break
+    return best
+
+
+def _country_length(digits: str) -> int:
+    for length in (1, 2, 3):
+        if digits[:length].isdigit() and int(digits[:length]) in COUNTRY_CODE_TO_REGION_CODE:
+            return length
+    return 0
+
+
+def _type_independent(prefix: str, digits: str) -> tuple[str, ...] | None:
+    """The answer for every valid number under `prefix`, when the number type cannot change it.
+
+    phonenumbers answers by the longest data prefix for geographic numbers and by the country
+    code for the others; where both give the same list, the (costly) number type is not needed.
+    """
+    country_length = _country_length(digits)
+    if not prefix or not country_length:
+        return None
+    country_prefix = _data_prefix(digits[:country_length])
+    if country_prefix and TIMEZONE_DATA[country_prefix] == TIMEZONE_DATA[prefix]:
+        return _usable(TIMEZONE_DATA[prefix])
+    return None
 
 
 def _phone_zones_uncached(phone: str) -> tuple[str, ...]:
+    """The reference answer: phonenumbers itself."""
     try:
         number = phonenumbers.parse(phone, None)
     except phonenumbers.NumberParseException:
         return ()
-    known = _known_zones()
-    names = _phone_tz.time_zones_for_number(number)
-    return tuple(sorted({name for name in names if name.casefold() in known}))
+    return _usable(_phone_tz.time_zones_for_number(number))
+
+
+def _phone_zones_typed(digits: str, country_length: int) -> tuple[str, ...]:
+    national = digits[country_length:]
+    if not national or national[0] == "0":  # Italian-style leading zeros need the full parse
+        return _phone_zones_uncached("+" + digits)
+    number = phonenumbers.PhoneNumber(
+        country_code=int(digits[:country_length]), national_number=int(national)
+    )
+    return _usable(_phone_tz.time_zones_for_number(number))
+
+
+_RU_MOBILE = re.compile(
+    phonenumbers.PhoneMetadata.metadata_for_region("RU").mobile.national_number_pattern  # type: ignore[union-attr]
+)
+
+
+@lru_cache(maxsize=1)
+def _ru_mobile_zones() -> tuple[str, ...]:
+    """Russian mobiles are not geographic in phonenumbers: every zone of +7, whatever the digits."""
+    return _phone_zones_uncached("+79123456789")
 
 
 def phone_zones(phone: str) -> tuple[str, ...]:
     """Every zone the phone's prefix may mean, sorted.
 
-    `phone` is a valid E.164 number (as import stores it).  phonenumbers resolves zones by at most
-    TIMEZONE_LONGEST_PREFIX digits and the number type, which does not change past that prefix for
-    numbers of one length, so the answer is cached per (prefix, length): a million customers cost a
-    few thousand lookups.
+    `phone` is a valid E.164 number (as import stores it).  Most answers depend on the data prefix
+    alone; the rest (where the number type matters: +79… is mobile, so every zone of +7) are
+    cached per (country code + first six national digits, length), which decides the type.
     """
-    if not phone.startswith("+"):
+    digits = phone[1:]
+    if not phone.startswith("+") or not digits.isdigit():
         return ()
-    key = (phone[: 1 + TIMEZONE_LONGEST_PREFIX], len(phone))
-    zones = _phone_cache.get(key)
+    if len(digits) == 11 and digits[0] == "7" and _RU_MOBILE.fullmatch(digits, 1):
+        return _ru_mobile_zones()
+    prefix = _data_prefix(digits)
+    try:
+        answer = _prefix_answers[prefix]
+    except KeyError:
+        answer = _prefix_answers[prefix] = _type_independent(prefix, digits)
+    if answer is not None:
+        return answer
+    country_length = _country_length(digits)
+    if not country_length:
+        return ()
+    key = (phone[: 1 + country_length + _TYPE_DIGITS], len(phone))
+    zones = _exact_cache.get(key)
     if zones is None:
-        if len(_phone_cache) >= 65_536:
-            _phone_cache.clear()
-        zones = _phone_cache[key] = _phone_zones_uncached(phone)
+        if len(_exact_cache) >= 65_536:
+            _exact_cache.clear()
+        zones = _exact_cache[key] = _phone_zones_typed(digits, country_length)
     return zones
 
 
