@@ -88,6 +88,9 @@ def _rel(settings: "Settings", path: Path) -> str:
 # --- import ----------------------------------------------------------------------------------
 
 
+PROBLEMS_SHOWN = 50
+
+
 def _parse_map(text: str | None) -> dict[str, str] | None:
     if not text:
         return None
@@ -118,12 +121,15 @@ def _import(kind: str, file: Path, config: Path | None, encoding: str | None, de
     if as_json:
         console.json_line(report.to_dict())
     else:
+        duplicates = f", {report.duplicates} already there" if report.duplicates else ""
         console.out(f"{file}: {report.rows_read} rows read, {report.inserted} inserted, "
-                    f"{report.updated} updated, {report.rejected} rejected")
-        for problem in report.problems[:200]:
-            console.out(f"line {problem.line}: {problem.column}: {problem.reason}")
-        if len(report.problems) > 200:
-            console.out(f"... and {len(report.problems) - 200} more problems" + ("" if errors else " (use --errors FILE for all)"))
+                    f"{report.updated} updated{duplicates}, {report.rejected} rejected")
+        shown = report.problems[:PROBLEMS_SHOWN]
+        for problem in shown:
+            console.out(str(problem) + ("" if problem.rejected else " (row kept without it)"))
+        hidden = len(report.problems) - len(shown) + report.problems_omitted
+        if hidden:
+            console.out(f"... and {hidden} more problems" + ("" if errors else " (--errors FILE writes them all)"))
     raise typer.Exit(report.exit_code)
 
 
