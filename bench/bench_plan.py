@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,10 +28,18 @@ sys.path.insert(0, str(REPO))
 from orchestrator.storage.engine import connect, write_transaction  # noqa: E402
 from orchestrator.storage.schema import customer_stats, customers  # noqa: E402
 
-SMS = (
-    "{{ customer.first_name|default('Покупатель') }}, ваш бонусный баланс {{ customer.bonus_balance|money }}. "
-    "Скидка {{ offer.discount }}% до {{ offer.valid_until|date('d MMMM') }}. {{ customer.city|default('') }}"
-)
+# Two SMS of two parts (UCS-2, up to 134 units): variables only, and with babel's money and date filters.
+TEMPLATES = {
+    "plain": (
+        "{{ customer.first_name|default('Покупатель') }}, скидка {{ offer.discount }}% до {{ offer.valid_until }} "
+        "в магазине {{ customer.city|default('вашего города') }}. Карта {{ customer.id }}"
+    ),
+    "filters": (
+        "{{ customer.first_name|default('Покупатель') }}, ваш бонусный баланс {{ customer.bonus_balance|money }}. "
+        "Скидка {{ offer.discount }}% до {{ offer.valid_until|date('d MMMM') }}. {{ customer.city|default('') }}"
+    ),
+}
+FIRES = {"plain": "2026-12-01T10:00", "filters": "2027-02-01T10:00"}  # two cap windows apart
 CITIES = ["Москва", "Самара", "Екатеринбург", "Омск", "Новосибирск", "Красноярск", "Иркутск", "Якутск",
           "Владивосток", "Магадан", "Калининград", "Алматы", "Ташкент", "Минск"]
 ZONES = {"Москва": "Europe/Moscow", "Самара": "Europe/Samara", "Екатеринбург": "Asia/Yekaterinburg",
@@ -50,10 +57,11 @@ def workspace(root: Path, url: str) -> Path:
         f'[database]\nurl = "{url}"\n[planner]\nbatch_size = 5000\n', encoding="utf-8")
     (root / "segments" / "bench.yaml").write_text(
         "description: bench\nwhere:\n  all:\n    - consent_sms: true\n    - abc_group: {in: [A, B]}\n", encoding="utf-8")
-    (root / "templates" / "sms" / "bench.txt.j2").write_text(SMS, encoding="utf-8")
-    (root / "campaigns" / "bench.yaml").write_text(
-        "name: bench\nsegment: bench\ncategory: service\nchannels: [sms]\ntemplate: bench\n"
-        "offer: {discount: 7, valid_until: 2026-12-15}\nschedule:\n  at: 2026-12-01T10:00\n", encoding="utf-8")
+    for name, text in TEMPLATES.items():
+        (root / "templates" / "sms" / f"{name}.txt.j2").write_text(text, encoding="utf-8")
+        (root / "campaigns" / f"{name}.yaml").write_text(
+            f"name: {name}\nsegment: bench\ncategory: service\nchannels: [sms]\ntemplate: {name}\n"
+            f"offer: {{discount: 7, valid_until: 2026-12-15}}\nschedule:\n  at: {FIRES[name]}\n", encoding="utf-8")
     return root / "settings.toml"
 
 
@@ -88,16 +96,22 @@ def _write(engine: sa.Engine, batch: list[dict], stats: list[dict]) -> None:
             conn.execute(customer_stats.insert(), stats)
 
 
-def raw_render_rate(seconds: float = 2.0) -> float:
+def raw_render_rate(text: str, seconds: float = 2.0) -> float:
+    """The same template in a bare sandboxed Jinja2 environment, filters straight from babel."""
+    from datetime import date
+
+    from babel.dates import format_date
+    from babel.numbers import format_currency
     from jinja2 import StrictUndefined
     from jinja2.sandbox import SandboxedEnvironment
 
     env = SandboxedEnvironment(undefined=StrictUndefined)
-    env.filters["money"] = lambda v: f"{v:.2f} ₽"
-    env.filters["date"] = lambda v, f: str(v)
-    template = env.from_string(SMS)
-    context = {"customer": {"first_name": "Анна", "bonus_balance": 1234.5, "city": "Омск"},
-               "offer": {"discount": 7, "valid_until": "2026-12-15"}}
+    env.filters["money"] = lambda v: format_currency(v, "RUB", locale="ru_RU")
+    env.filters["date"] = lambda v, f: format_date(date.fromisoformat(v), f, locale="ru_RU")
+    template = env.from_string(text)
+    context = {"customer": {"first_name": "Анна", "bonus_balance": 1234.5, "city": "Омск", "id": "C0000042"},
+               "offer": {"discount": 7, "valid_until": "2026-12-15"},
+               "links": {"cabinet": "http://127.0.0.1:8000/cabinet"}}
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         for _ in range(1000):
@@ -127,16 +141,20 @@ def raw_insert_rate(engine: sa.Engine, rows: int = 200_000) -> float:
 
 
 def timed_child(settings: Path, *args: str) -> tuple[float, dict, float]:
-    started = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = subprocess.run([sys.executable, "-m", "orchestrator", "--config", str(settings), *args, "--json"],
-                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"{args[0]} failed: {result.stderr}")
-    summary = [json.loads(line) for line in result.stdout.splitlines() if '"summary"' in line][-1]
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, summary, max(peak, before) / 1024
+    """Run one command in a child process: wall time, its summary, and its own peak RSS (MB)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "--config", str(settings), *args, "--json"],
+                                stdout=out, stderr=err, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"{args[0]} failed: {err.read()}")
+        summary = [json.loads(line) for line in out if '"summary"' in line][-1]
+    return elapsed, summary, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -163,18 +181,19 @@ def main() -> None:
             started = time.perf_counter()
             fill(engine, args.rows)
             print(f"filled {args.rows:,} customers in {time.perf_counter() - started:.1f} s")
-            render = raw_render_rate()
             insert = raw_insert_rate(engine)
             engine.dispose()
-            print(f"raw Jinja2 SMS render:        {render:12,.0f} /s")
             print(f"raw batched ledger insert:    {insert:12,.0f} rows/s ({args.db})")
-            for command in ("plan", "run"):
-                elapsed, summary, peak = timed_child(settings, command, "bench", "--now", "2026-12-01T10:00")
-                targeted = summary["targeted"]
-                rate = targeted / elapsed
-                print(f"{command:4} {targeted:,} recipients in {elapsed:.1f} s: {rate:10,.0f} recipients/s "
-                      f"(render ratio {rate / render:.2f}, insert ratio {rate / insert:.2f}), peak RSS {peak:.0f} MB, "
-                      f"planned {summary['planned']:,}, suppressed {summary['suppressed']:,}")
+            for name, text in TEMPLATES.items():
+                render = raw_render_rate(text)
+                print(f"template {name}: raw Jinja2 render {render:,.0f} /s")
+                for command in ("plan", "run"):
+                    elapsed, summary, peak = timed_child(settings, command, name, "--now", FIRES[name])
+                    targeted = summary["targeted"]
+                    rate = targeted / elapsed
+                    print(f"  {command:4} {targeted:,} recipients in {elapsed:.1f} s: {rate:8,.0f} recipients/s "
+                          f"(ratio to raw render {rate / render:.2f}, to raw insert {rate / insert:.2f}), "
+                          f"peak RSS {peak:.0f} MB, planned {summary['planned']:,}, suppressed {summary['suppressed']:,}")
         finally:
             if schema:
                 with admin.begin() as conn:

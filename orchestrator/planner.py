@@ -11,6 +11,8 @@ order so that concurrent planners never deadlock).
 
 from __future__ import annotations
 
+import json
+import operator
 import time as clock
 from collections import Counter
 from dataclasses import dataclass, field
@@ -169,21 +171,32 @@ def trigger_condition(prepared: Prepared, fire_at: datetime) -> Any:
 # --- per recipient ----------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=64)
+def _channel_set(sms: bool, email: bool, phone: bool) -> frozenset[str]:
+    return frozenset(ch for ch, on in (("sms", sms), ("email", email), ("phone", phone)) if on)
+
+
+@lru_cache(maxsize=4096)
+def _zone_tuple(zones: str | None) -> tuple[str, ...]:
+    return tuple(zones.split()) if zones else ()
+
+
 def recipient_of(row: Mapping[str, Any]) -> Recipient:
-    consent = frozenset(ch for ch in ("sms", "email", "phone") if row.get(f"consent_{ch}"))
-    unsubscribed = frozenset(ch for ch in ("sms", "email", "phone") if row.get(f"unsubscribed_{ch}"))
-    zones = tuple(row["zones"].split()) if row.get("zones") else ()
+    """What the policy needs to know of a customer (consent, addresses, zones), from a page row."""
+    get = row.get
+    consent = _channel_set(bool(get("consent_sms")), bool(get("consent_email")), bool(get("consent_phone")))
+    unsubscribed = _channel_set(bool(get("unsubscribed_sms")), bool(get("unsubscribed_email")), bool(get("unsubscribed_phone")))
     return Recipient(
         customer_id=row["id"],
-        email=row.get("email"),
-        phone=row.get("phone"),
-        phone_invalid=bool(row.get("phone_invalid")),
-        manager=row.get("manager"),
-        consent=consent | ({"webhook"} if consent else frozenset()),
+        email=get("email"),
+        phone=get("phone"),
+        phone_invalid=bool(get("phone_invalid")),
+        manager=get("manager"),
+        consent=consent,
         unsubscribed=unsubscribed,
-        zones=zones,
-        zone_source=row.get("zone_source") or "default",
-        phone_cap_days=row.get("phone_cap_days"),
+        zones=_zone_tuple(get("zones")),
+        zone_source=get("zone_source") or "default",
+        phone_cap_days=get("phone_cap_days"),
     )
 
 
@@ -361,10 +374,29 @@ def _insert(conn: Connection):  # type: ignore[no-untyped-def]
     return insert
 
 
+LEDGER_COLUMNS = tuple(c.name for c in deliveries.c if c.name != "id")
+_ledger_tuple = operator.itemgetter(*LEDGER_COLUMNS)
+
+
+@lru_cache(maxsize=4)
+def _insert_sql(dialect: str) -> str:
+    mark = "?" if dialect == "sqlite" else "%s"
+    return (
+        f"INSERT INTO deliveries ({', '.join(LEDGER_COLUMNS)}) VALUES ({', '.join([mark] * len(LEDGER_COLUMNS))}) "
+        "ON CONFLICT (run_id, customer_id, channel) DO NOTHING"
+    )
+
+
 def write_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        statement = _insert(conn)(deliveries).on_conflict_do_nothing(index_elements=["run_id", "customer_id", "channel"])
-        conn.execute(statement, rows)
+    """One executemany straight to the driver: per-row statement processing would cost more
+    than the database's own insert (the payload is serialized here, once)."""
+    if not rows:
+        return
+    dumps = json.dumps
+    for row in rows:
+        if row["payload"] is not None:
+            row["payload"] = dumps(row["payload"], ensure_ascii=False)
+    conn.exec_driver_sql(_insert_sql(conn.dialect.name), list(map(_ledger_tuple, rows)))
 
 
 def open_run(engine: Engine, campaign: str, fire_at: int) -> tuple[int, bool]:
