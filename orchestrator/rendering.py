@@ -643,6 +643,9 @@ def clean_subject(text: str) -> str:
 # Compiled templates and the renderer
 
 
+_MAY_LOOP = (nodes.For, nodes.Macro, nodes.CallBlock, nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)
+
+
 @dataclass
 class _Bundle:
     """The compiled templates of one (channel, name)."""
@@ -673,6 +676,7 @@ class Renderer:
         self._text_globals = dict(self._text_env.globals)
         self._bundles: dict[tuple[str, str], _Bundle] = {}
         self._subjects: dict[str, Template] = {}
+        self._straight: dict[int, bool] = {}
         self._sources: dict[str, str] = {}
         self._trees: dict[str, nodes.Template | None] = {}
 
@@ -849,15 +853,21 @@ class Renderer:
         limit = self.max_output_bytes
         try:
             try:
-                chunks = []
-                size = 0
-                generator = render_func(ctx)
-                for chunk in generator:
-                    size += len(chunk)
-                    if size > limit:
-                        raise self._too_large(template, generator)
-                    chunks.append(chunk)
-                text = "".join(chunks)
+                if self._is_straight(template):
+                    text = "".join(render_func(ctx))
+                    size = len(text)
+                else:
+                    chunks = []
+                    size = 0
+                    generator = render_func(ctx)
+                    for chunk in generator:
+                        size += len(chunk)
+                        if size > limit:
+                            raise self._too_large(template, generator)
+                        chunks.append(chunk)
+                    text = "".join(chunks)
+                if size > limit:
+                    raise _TooLarge(self._too_large_message())
                 if size * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit:
                     raise _TooLarge(self._too_large_message())
                 return text
@@ -869,6 +879,24 @@ class Renderer:
             raise
         except Exception as exc:
             raise self._render_error(exc, template) from None
+
+    def _is_straight(self, template: Template) -> bool:
+        """A template without loops, macros or other templates emits a bounded number of chunks,
+        each bounded by the sandbox, so it can be joined at once and measured afterwards; any
+        other template is measured while it streams."""
+        key = id(template)
+        straight = self._straight.get(key)
+        if straight is None:
+            source = self._source(template.filename) if template.filename else None
+            straight = False
+            if source is not None:
+                try:
+                    tree = template.environment.parse(source)
+                except TemplateSyntaxError:
+                    tree = None
+                straight = tree is not None and not any(True for _ in tree.find_all(_MAY_LOOP))
+            self._straight[key] = straight
+        return straight
 
     def _render_email(
         self,

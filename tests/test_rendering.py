@@ -495,3 +495,13 @@ def test_template_that_is_not_utf8_is_a_clear_error(root: Path, renderer: Render
     with pytest.raises(TemplateError, match="not UTF-8") as caught:
         renderer.check("sms", "cp")
     assert caught.value.file == "templates/sms/cp.txt.j2"
+
+
+def test_a_template_without_loops_is_still_bounded(root: Path) -> None:
+    """Loop-free templates are joined at once (the fast path); the limit still holds."""
+    write(root, "phone/t.txt.j2", "{{ customer.note }}{{ customer.note }}{{ customer.note }}")
+    ctx = context()
+    ctx["customer"] = {**ctx["customer"], "note": "ж" * 1000}
+    assert len(Renderer(root / "templates").render("phone", "t", ctx).text) == 3000
+    with pytest.raises(TemplateError, match="larger than 5 KB"):
+        Renderer(root / "templates", max_output_bytes=5 * 1024).render("phone", "t", ctx)
