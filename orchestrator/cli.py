@@ -315,7 +315,9 @@ def plan(campaign: str, config: ConfigOpt = None, now: NowOpt = None, as_json: J
                                                         record["send_at"] or "-", local, zone,
                                                         "; ".join(filter(None, [record["detail"], extra])) or "")).rstrip())
 
-    summary = plan_run(engine, engine, prepared, fire, dry_run=True, on_rows=show)
+    # The bar (stderr) only when the decisions go elsewhere: both on one terminal would garble.
+    with console.progress(f"plan {campaign}", None, enabled=not sys.stdout.isatty()) as bar:
+        summary = plan_run(engine, engine, prepared, fire, dry_run=True, on_rows=show, progress=bar)
     _print_summary(summary, as_json, heading="plan (nothing written)")
 
 

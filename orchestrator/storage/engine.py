@@ -41,6 +41,9 @@ def _sqlite_engine(url: str) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=60000")
+        # 64 MiB of page cache (the default is 2 MiB): ledger indexes of a million rows stay in
+        # memory while a run writes, which keeps the insert rate flat as the ledger grows.
+        cursor.execute("PRAGMA cache_size=-65536")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
