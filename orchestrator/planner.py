@@ -29,7 +29,7 @@ from orchestrator.errors import NotFound, TemplateError
 from orchestrator.links import cabinet_link, unsubscribe_link
 from orchestrator.policy.caps import Sent
 from orchestrator.policy.consent import Recipient
-from orchestrator.policy.decide import Decision, PolicyContext, Rules, decide
+from orchestrator.policy.decide import Decision, DecisionCache, PolicyContext, Rules
 from orchestrator.settings import Settings
 from orchestrator.storage.engine import write_transaction
 from orchestrator.storage.schema import CAP_COUNTED_STATES, deliveries, runs
@@ -291,13 +291,14 @@ def _payload(prepared: Prepared, channel: str, row: Mapping[str, Any], decision:
 def decide_page(
     prepared: Prepared,
     page: Sequence[Mapping[str, Any]],
-    fire_at: int,
+    decisions_for: DecisionCache,
     history: Mapping[str, list[Sent]],
     run_id: int | None,
     now: int,
 ) -> list[dict[str, Any]]:
     """Decisions and rendered messages for one page of recipients, as ledger rows."""
     campaign = prepared.campaign
+    fire_at = decisions_for.fire_at
     rows: list[dict[str, Any]] = []
     for customer in page:
         customer_id = customer["id"]
@@ -315,7 +316,7 @@ def decide_page(
                 "zone_source": recipient.zone_source, "payload": None,
             })
             continue
-        decisions = decide(recipient_of(customer), prepared.rules, fire_at, history.get(customer_id, ()), prepared.ctx)
+        decisions = decisions_for.decide(recipient_of(customer), history.get(customer_id, ()))
         for decision in decisions:
             row = {
                 **base, "channel": decision.channel, "status": decision.status, "reason": decision.reason,
@@ -472,6 +473,7 @@ def plan_run(
         page_size=prepared.settings.planner.batch_size, extra_where=trigger_condition(prepared, fire_at),
     )
     horizon = prepared.rules.deliver_within
+    decisions_for = DecisionCache(prepared.rules, fire, prepared.ctx)
     for page in pages:
         now = int(clock.time())
         ids = [row["id"] for row in page]
@@ -480,12 +482,12 @@ def plan_run(
         if dry_run:
             with ledger_engine.connect() as conn:
                 history = load_history(conn, ids, campaign.channels, lo, hi, None)
-            rows = decide_page(prepared, page, fire, history, None, now)
+            rows = decide_page(prepared, page, decisions_for, history, None, now)
         else:
             with write_transaction(ledger_engine) as conn:
                 lock_customers(conn, ids)
                 history = load_history(conn, ids, campaign.channels, lo, hi, run_id)
-                rows = decide_page(prepared, page, fire, history, run_id, now)
+                rows = decide_page(prepared, page, decisions_for, history, run_id, now)
                 write_rows(conn, rows)
         _count(summary, rows)
         if on_rows is not None:

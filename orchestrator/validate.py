@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from orchestrator.campaigns import CampaignFile, campaign_files, load_campaign
 from orchestrator.errors import InputError, OrchestratorError
-from orchestrator.planner import Prepared, decide_page, prepare, trigger_condition
+from orchestrator.planner import Prepared, prepare
 from orchestrator.policy.decide import Decision
 from orchestrator.settings import Settings
 

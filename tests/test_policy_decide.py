@@ -7,10 +7,11 @@ from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from orchestrator.policy.caps import Sent
 from orchestrator.policy.consent import Recipient, blocked_reason
-from orchestrator.policy.decide import PolicyContext, Rules, decide
+from orchestrator.policy.decide import DecisionCache, PolicyContext, Rules, decide
 from orchestrator.settings import DEFAULT_CAPS, DEFAULT_QUIET, CapSpec, QuietHoursSettings, QuietRange
 
 HOUR, DAY = 3600, 86400
@@ -271,3 +272,38 @@ def test_phone_cap_days_agreed_with_the_client() -> None:
     assert one(ANNA, rules(("phone",)), history=history).reason == "capped"
     weekly = recipient(phone_cap_days=7)
     assert one(weekly, rules(("phone",)), history=history).status == "planned"
+
+
+# --- the planner's decision cache -------------------------------------------------------------
+
+CHANNEL_SETS = st.frozensets(st.sampled_from(["sms", "email", "phone"]))
+RECIPIENTS = st.builds(
+    Recipient,
+    customer_id=st.text(min_size=1, max_size=8),
+    email=st.sampled_from([None, "", "a@example.com", "b@example.org", "broken", "@"]),
+    phone=st.sampled_from([None, "+79123456789", "+77012345678", "89123456789", "+7912"]),
+    phone_invalid=st.booleans(),
+    manager=st.sampled_from([None, "ivanova", "petrov"]),
+    consent=CHANNEL_SETS,
+    unsubscribed=CHANNEL_SETS,
+    zones=st.sampled_from([(), ("Europe/Moscow",), ("Asia/Vladivostok",), PLUS7]),
+    zone_source=st.sampled_from(["column", "city", "phone", "default"]),
+    phone_cap_days=st.sampled_from([None, 0, 7, 60]),
+)
+RULES = st.builds(
+    Rules, campaign=st.just("c"), category=st.sampled_from(["promo", "service", "transactional"]),
+    channels=st.sampled_from([("sms",), ("phone", "email"), ("email", "sms", "phone")]),
+    channel_mode=st.sampled_from(["first", "all"]), local_time=st.sampled_from([None, time(11, 0)]),
+    deliver_within=st.sampled_from([HOUR, DAY, 3 * DAY]), when_capped=st.sampled_from(["suppress", "defer"]),
+)
+
+
+@hsettings(deadline=None, max_examples=300)
+@given(rl=RULES, people=st.lists(RECIPIENTS, min_size=1, max_size=12), fire=st.integers(at("2026-01-01T00:00+00:00"), at("2028-12-31T00:00+00:00")))
+def test_the_decision_cache_decides_like_decide(rl: Rules, people: list[Recipient], fire: int) -> None:
+    """Recipients sharing consent, contact validity and zones share decisions; no one else does."""
+    cache = DecisionCache(rl, fire, CTX)
+    for person in people:
+        assert cache.decide(person, ()) == decide(person, rl, fire, (), CTX)
+    history = [Sent("sms", "promo", fire - DAY)]
+    assert cache.decide(people[0], history) == decide(people[0], rl, fire, history, CTX)

@@ -39,7 +39,7 @@ class Recipient:
     phone_cap_days: int | None
 
 
-def _contact_reason(channel: str, r: Recipient) -> str | None:
+def contact_reason(channel: str, r: Recipient) -> str | None:
     if channel == "email":
         if not r.email:
             return "no_contact"
@@ -64,4 +64,4 @@ def blocked_reason(channel: str, category: str, r: Recipient) -> str | None:
             return "unsubscribed"
         if channel not in r.consent and channel not in CONSENT_FREE_CHANNELS:
             return "no_consent"
-    return _contact_reason(channel, r)
+    return contact_reason(channel, r)

@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import Mapping, Sequence
 
 from orchestrator.policy.caps import Cap, Sent, cap_allows, caps_for, next_cap_slot
-from orchestrator.policy.consent import TRANSACTIONAL, Recipient, blocked_reason
+from orchestrator.policy.consent import TRANSACTIONAL, Recipient, blocked_reason, contact_reason
 from orchestrator.policy.quiet_hours import next_allowed, wall_instant, zone_info
 from orchestrator.settings import CapSpec, QuietHoursSettings
 
@@ -276,3 +276,40 @@ def _summary(refused: list[tuple[_Evaluation, Decision]]) -> Decision:
         first.zone_source,
         "; ".join(parts + notes),
     )
+
+
+def policy_key(r: Recipient, channels: Sequence[str]) -> tuple[object, ...]:
+    """Everything `decide` reads of a recipient.  Two recipients with equal keys and the same
+    contact history get the same decisions, whoever they are."""
+    return (
+        r.consent, r.unsubscribed, tuple(contact_reason(channel, r) for channel in channels),
+        r.zones, r.zone_source, r.phone_cap_days,
+    )
+
+
+class DecisionCache:
+    """`decide` for one run: recipients without history share decisions by `policy_key`.
+
+    Most recipients of a campaign have no message in the cap windows, and the decision for them
+    depends on a handful of facts (consent, contact validity, candidate zones): computing it once
+    per combination instead of once per recipient is what lets the planner keep up.
+    """
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, rules: Rules, fire_at: int, ctx: PolicyContext) -> None:
+        self.rules = rules
+        self.fire_at = fire_at
+        self.ctx = ctx
+        self._decisions: dict[tuple[object, ...], list[Decision]] = {}
+
+    def decide(self, r: Recipient, history: Sequence[Sent]) -> list[Decision]:
+        if history:
+            return decide(r, self.rules, self.fire_at, history, self.ctx)
+        key = policy_key(r, self.rules.channels)
+        decisions = self._decisions.get(key)
+        if decisions is None:
+            if len(self._decisions) >= self.MAX_ENTRIES:
+                self._decisions.clear()
+            decisions = self._decisions[key] = decide(r, self.rules, self.fire_at, (), self.ctx)
+        return decisions
