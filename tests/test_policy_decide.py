@@ -206,7 +206,7 @@ def test_plus7_mobile_has_no_common_calling_minute_and_falls_back_to_moscow() ->
     r = recipient(zones=PLUS7, zone_source="phone")
     d = one(r, rules(("phone",), deliver_within=2 * DAY))
     assert (d.status, d.send_at, d.zone, d.zone_source) == ("planned", at(WEDNESDAY_10), "Europe/Moscow", "default")
-    assert "guessed Europe/Moscow" in d.detail
+    assert d.detail == "local time uncertain (16 candidate zones, no common allowed minute), guessed Europe/Moscow"
 
 
 def test_plus7_mobile_gets_an_sms_in_a_minute_allowed_everywhere() -> None:
@@ -214,6 +214,7 @@ def test_plus7_mobile_gets_an_sms_in_a_minute_allowed_everywhere() -> None:
     d = one(r, rules(("sms",)), fire="2026-11-25T06:00+03:00")
     assert d.zone_source == "phone"
     assert d.send_at is not None
+    assert d.detail == "16 candidate zones (phone): a minute allowed in all of them"
     for zone in PLUS7:
         hour = datetime.fromtimestamp(d.send_at, ZoneInfo(zone)).hour
         assert 9 <= hour < 21, zone

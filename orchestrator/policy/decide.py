@@ -139,10 +139,15 @@ class _Evaluation:
             self.source = r.zone_source
             if r.zone_source == "default":
                 self.notes.append(f"local time unknown, guessed {self.zone}")
+            elif len(r.zones) > 1:
+                self.notes.append(
+                    f"{len(r.zones)} candidate zones ({r.zone_source}): a minute allowed in all of them"
+                )
         else:
             self._guess("local time unknown")
 
     def _guess(self, why: str) -> None:
+        self.notes = [note for note in self.notes if "candidate zones" not in note]
         self.zones = (self.ctx.default_zone,)
         self.zone = self.ctx.default_zone
         self.source = "default"
