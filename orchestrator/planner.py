@@ -49,6 +49,7 @@ class Prepared:
     settings: Settings
     rules: Rules
     ctx: PolicyContext
+    fields: frozenset[str] | None = None   # customer fields to fetch; None: all of them
 
     @property
     def campaign(self) -> Campaign:
@@ -135,7 +136,26 @@ def prepare(settings: Settings, file: CampaignFile, *, engine: Engine | None = N
         deliver_within=campaign.deliver_within_seconds,
         when_capped=campaign.when_capped,
     )
-    return Prepared(file, segment, renderer, settings, rules, policy_context(settings))
+    return Prepared(file, segment, renderer, settings, rules, policy_context(settings),
+                    fields=_fields_needed(renderer, campaign))
+
+
+POLICY_FIELDS = frozenset({
+    "id", "email", "phone", "phone_invalid", "manager", "zones", "zone_source", "phone_cap_days",
+    "consent_sms", "consent_email", "consent_phone", "unsubscribed_sms", "unsubscribed_email", "unsubscribed_phone",
+})
+TEMPLATE_ONLY_FIELDS = frozenset({"local_time"})
+
+
+def _fields_needed(renderer: Any, campaign: Campaign) -> frozenset[str] | None:
+    """What the policy and the campaign's templates read of a customer; the rest is not fetched."""
+    fields = set(POLICY_FIELDS)
+    for channel in campaign.channels:
+        used = renderer.customer_fields(channel, campaign.template, subject=campaign.subject if channel == "email" else None)
+        if used is None:
+            return None
+        fields |= used
+    return frozenset(fields - TEMPLATE_ONLY_FIELDS)
 
 
 _renderers: dict[tuple[str, int], Any] = {}
@@ -471,6 +491,7 @@ def plan_run(
     pages = iter_segment_pages(
         data_engine, prepared.segment, now=fire_at, settings=prepared.settings,
         page_size=prepared.settings.planner.batch_size, extra_where=trigger_condition(prepared, fire_at),
+        fields=prepared.fields,
     )
     horizon = prepared.rules.deliver_within
     decisions_for = DecisionCache(prepared.rules, fire, prepared.ctx)

@@ -643,6 +643,25 @@ def clean_subject(text: str) -> str:
 # Compiled templates and the renderer
 
 
+def _fields_of(tree: nodes.Template, variable: str) -> set[str] | None:
+    """Constant attribute names read from `variable`, or None if it is used any other way."""
+    if any(True for _ in tree.find_all(_MAY_LOOP[3:])):
+        return None
+    fields: set[str] = set()
+    accessed = 0
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if isinstance(node.node, nodes.Name) and node.node.name == variable:
+            if isinstance(node, nodes.Getattr):
+                fields.add(node.attr)
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                fields.add(node.arg.value)
+            else:
+                return None
+            accessed += 1
+    uses = sum(1 for name in tree.find_all(nodes.Name) if name.name == variable)
+    return fields if uses == accessed else None
+
+
 _MAY_LOOP = (nodes.For, nodes.Macro, nodes.CallBlock, nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)
 
 
@@ -737,6 +756,23 @@ class Renderer:
                 raise self._no_subject(bundle)
 
     # --- compiling ---
+
+    def customer_fields(self, channel: str, name: str, *, subject: str | None = None) -> frozenset[str] | None:
+        """The `customer.X` fields a template reads, so that the planner fetches only those;
+        None when it uses `customer` as a whole (passes it on, loops over it) or other templates."""
+        bundle = self._bundles.get((channel, name)) or self._compile(channel, name)
+        sources = [self._source(t.filename) for t in (bundle.main, bundle.text) if t is not None]
+        if subject:
+            sources.append(subject)
+        fields: set[str] = set()
+        for source in sources:
+            if source is None:
+                return None
+            found = _fields_of(self._text_env.parse(source), "customer")
+            if found is None:
+                return None
+            fields |= found
+        return frozenset(fields)
 
     def _compile(self, channel: str, name: str) -> _Bundle:
         if channel not in CHANNELS:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -690,12 +690,20 @@ def validate_segment(segment: Segment, engine: Engine | None = None) -> None:
     parse_where(segment, attributes)
 
 
-def _member_columns(derived: dict[str, ColumnElement[Any]]) -> list[Any]:
-    return [*customers.c, *(expr.label(name) for name, expr in derived.items())]
+def _member_columns(derived: dict[str, ColumnElement[Any]], fields: Collection[str] | None = None) -> list[Any]:
+    """Every column and derived field, or only `fields` (custom attributes come with `attrs`)."""
+    if fields is None:
+        return [*customers.c, *(expr.label(name) for name, expr in derived.items())]
+    wanted = set(fields) | {"id"}
+    if wanted - set(customers.c.keys()) - set(derived):
+        wanted.add("attrs")
+    return [*(c for c in customers.c if c.name in wanted),
+            *(expr.label(name) for name, expr in derived.items() if name in wanted)]
 
 
 def _page_query(derived: dict[str, ColumnElement[Any]], condition: ColumnElement[bool] | None,
-                extra_where: ColumnElement[bool] | None, after: str | None = None) -> sa.Select[Any]:
+                extra_where: ColumnElement[bool] | None, after: str | None = None,
+                fields: Collection[str] | None = None) -> sa.Select[Any]:
     """Members in id order, after `after`.  The bound is given to both sides of the join:
     PostgreSQL does not carry an inequality across a join, and a merge join would otherwise read
     customer_stats from its start for every page."""
@@ -703,7 +711,7 @@ def _page_query(derived: dict[str, ColumnElement[Any]], condition: ColumnElement
     if after is not None:
         joined = customers.outerjoin(customer_stats, sa.and_(
             customer_stats.c.customer_id == customers.c.id, customer_stats.c.customer_id > after))
-    query = sa.select(*_member_columns(derived)).select_from(joined).order_by(customers.c.id)
+    query = sa.select(*_member_columns(derived, fields)).select_from(joined).order_by(customers.c.id)
     for clause in (condition, extra_where, customers.c.id > after if after is not None else None):
         if clause is not None:
             query = query.where(clause)
@@ -714,26 +722,27 @@ def _fetch(engine: Engine, query: sa.Select[Any]) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         result = conn.execute(query)
         keys = tuple(result.keys())
-        return [dict(zip(keys, row)) for row in result]
+        return [dict(zip(keys, row)) for row in result.fetchall()]
 
 
 def iter_segment_pages(
     engine: Engine, segment: Segment, *, now: datetime, settings: Settings, page_size: int,
-    extra_where: ColumnElement[bool] | None = None,
+    extra_where: ColumnElement[bool] | None = None, fields: Collection[str] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Pages of members (every customers column, attrs, every derived field), by customer id.
+    """Pages of members (every customers column, attrs, every derived field — or only `fields`),
+    by customer id.
 
     Keyset pagination: each page is its own short query (`id > last ORDER BY id LIMIT n`), so a
     long segment never holds a read transaction that would block writers.
     """
     derived = derived_columns(now, settings)
     if segment.sql is not None:
-        yield from _sql_pages(engine, segment, derived, settings, page_size, extra_where)
+        yield from _sql_pages(engine, segment, derived, settings, page_size, extra_where, fields)
         return
     condition = compile_where(segment, now=now, settings=settings, attributes=custom_attribute_names(engine))
     last: str | None = None
     while True:
-        page = _fetch(engine, _page_query(derived, condition, extra_where, last).limit(page_size))
+        page = _fetch(engine, _page_query(derived, condition, extra_where, last, fields).limit(page_size))
         if page:
             yield page
         if len(page) < page_size:
@@ -742,12 +751,13 @@ def iter_segment_pages(
 
 
 def _sql_pages(engine: Engine, segment: Segment, derived: dict[str, ColumnElement[Any]], settings: Settings,
-               page_size: int, extra_where: ColumnElement[bool] | None) -> Iterator[list[dict[str, Any]]]:
+               page_size: int, extra_where: ColumnElement[bool] | None,
+               fields: Collection[str] | None = None) -> Iterator[list[dict[str, Any]]]:
     ids = run_sql_segment(engine, segment, settings.segments.sql_timeout_seconds)
     buffer: list[dict[str, Any]] = []
     chunk = max(1, min(page_size, ID_CHUNK))
     for start in range(0, len(ids), chunk):
-        query = _page_query(derived, customers.c.id.in_(ids[start:start + chunk]), extra_where)
+        query = _page_query(derived, customers.c.id.in_(ids[start:start + chunk]), extra_where, fields=fields)
         buffer.extend(_fetch(engine, query))
         while len(buffer) >= page_size:
             yield buffer[:page_size]

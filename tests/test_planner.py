@@ -154,3 +154,20 @@ def test_two_concurrent_planner_processes_never_exceed_a_cap(tmp_path: Path, db_
     assert max(planned.values()) == 1                      # the cap: one SMS per 30 days
     assert len(planned) == CONCURRENT_CUSTOMERS            # and everyone got exactly one
     assert sum(capped.values()) == CONCURRENT_CUSTOMERS    # the other campaign was refused
+
+
+def test_only_the_fields_templates_read_are_fetched_and_they_render(tmp_path: Path, db_url: str) -> None:
+    rows = [customer("C1", attrs={"client_type": "wholesale", "store": "Тверская"}, bonus_balance=1234.5)]
+    settings_path = make_workspace(tmp_path / "ws", db_url)
+    (tmp_path / "ws" / "templates" / "sms" / "fields.txt.j2").write_text(
+        "{{ customer.store }}: {{ customer.bonus_balance|money }}, {{ customer.purchases_count }}", encoding="utf-8")
+    write_campaign(tmp_path / "ws", "fields", template="fields")
+    settings = load_settings(settings_path, environ={})
+    engine = connect(db_url)
+    insert_customers(engine, rows)
+    prepared = prepare(settings, load_campaign(tmp_path / "ws" / "campaigns" / "fields.yaml"), engine=engine)
+    assert prepared.fields is not None and {"store", "bonus_balance", "purchases_count"} <= prepared.fields
+    assert "name" not in prepared.fields
+    plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    (row,) = ledger(engine)
+    assert row.payload["text"] == "Тверская: 1\u00a0234,50\u00a0₽, 0"

@@ -505,3 +505,23 @@ def test_a_template_without_loops_is_still_bounded(root: Path) -> None:
     assert len(Renderer(root / "templates").render("phone", "t", ctx).text) == 3000
     with pytest.raises(TemplateError, match="larger than 5 KB"):
         Renderer(root / "templates", max_output_bytes=5 * 1024).render("phone", "t", ctx)
+
+
+@pytest.mark.parametrize(
+    ("source", "fields"),
+    [
+        ("{{ customer.first_name|default('x') }} {{ customer['city'] }} {{ offer.discount }}", {"first_name", "city"}),
+        ("{% if customer.bonus_balance %}{{ customer.bonus_balance|money }}{% endif %}", {"bonus_balance"}),
+        ("{% for key in customer %}{{ key }}{% endfor %}", None),
+        ("{{ customer|string }}", None),
+        ("{% set c = customer %}{{ c.name }}", None),
+        ("{{ customer[offer.field] }}", None),
+        ("{% include 'sms/other.txt.j2' %}", None),
+    ],
+)
+def test_customer_fields_lists_what_a_template_reads(root: Path, source: str, fields: set[str] | None) -> None:
+    """The planner fetches only these fields; anything it cannot see through means all of them."""
+    write(root, "sms/other.txt.j2", "{{ customer.name }}")
+    write(root, "sms/t.txt.j2", source)
+    found = Renderer(root / "templates").customer_fields("sms", "t")
+    assert (set(found) if found is not None else None) == fields
