@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -269,22 +270,28 @@ def _fire_time(settings: "Settings", prepared: Any, moment: datetime, *, for_pla
 
 
 def _decision_record(row: dict[str, Any]) -> dict[str, Any]:
-    from zoneinfo import ZoneInfo
-
     from orchestrator.planner import iso
 
-    local = None
-    if row["send_at"] is not None and row["zone"]:
-        local = datetime.fromtimestamp(row["send_at"], ZoneInfo(row["zone"])).isoformat(timespec="minutes")
     payload = row.get("payload") or {}
     record = {
         "customer_id": row["customer_id"], "channel": row["channel"], "status": row["status"],
-        "reason": row["reason"], "send_at": iso(row["send_at"]), "send_at_local": local,
+        "reason": row["reason"], "send_at": iso(row["send_at"]),
+        "send_at_local": _local_text(row["send_at"], row["zone"]),
         "zone": row["zone"], "zone_source": row["zone_source"], "detail": row["detail"],
     }
     if "sms" in payload:
         record["sms_parts"] = payload["sms"]["parts"]
     return record
+
+
+@lru_cache(maxsize=4096)
+def _local_text(send_at: int | None, zone: str | None) -> str | None:
+    """Recipients of one run share a few send times and zones: format each pair once."""
+    from zoneinfo import ZoneInfo
+
+    if send_at is None or not zone:
+        return None
+    return datetime.fromtimestamp(send_at, ZoneInfo(zone)).isoformat(timespec="minutes")
 
 
 @app.command()
