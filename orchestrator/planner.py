@@ -112,7 +112,6 @@ def policy_context(settings: Settings) -> PolicyContext:
 
 def prepare(settings: Settings, file: CampaignFile, *, engine: Engine | None = None) -> Prepared:
     """Resolve the segment and templates of a campaign; every error names its file and line."""
-    from orchestrator.rendering import Renderer
     from orchestrator.segments import inline_segment, load_segment, validate_segment
 
     campaign = file.campaign
@@ -361,22 +360,32 @@ def decide_page(
 # --- storage -----------------------------------------------------------------------------------
 
 
-def load_history(conn: Connection, customer_ids: Sequence[str], channels: Iterable[str], lo: int, hi: int, run_id: int | None) -> dict[str, list[Sent]]:
-    """Every counted message of any campaign, for these customers, near this run's window."""
+def load_history(conn: Connection, customer_ids: Sequence[str], channels: Iterable[str], lo: int, hi: int,
+                 run_id: int | None) -> tuple[dict[str, list[Sent]], set[str]]:
+    """Every counted message of any campaign for these customers near this run's window, and the
+    customers this very run already holds rows for (a resumed run, or the same run fired twice at
+    once): those are decided already and are skipped, whatever the policy would say now."""
     moment = sa.func.coalesce(deliveries.c.sent_at, deliveries.c.send_at)
     query = (
-        sa.select(deliveries.c.customer_id, deliveries.c.channel, deliveries.c.category, moment)
+        sa.select(deliveries.c.customer_id, deliveries.c.channel, deliveries.c.category, moment, deliveries.c.run_id)
         .where(_one_of(conn, deliveries.c.customer_id, customer_ids))
-        .where(deliveries.c.channel.in_(list(channels)))
-        .where(deliveries.c.status.in_(CAP_COUNTED_STATES))
-        .where(moment >= lo, moment < hi)
+        .where(sa.or_(
+            sa.and_(
+                deliveries.c.channel.in_(list(channels)),
+                deliveries.c.status.in_(CAP_COUNTED_STATES),
+                moment >= lo, moment < hi,
+            ),
+            deliveries.c.run_id == (run_id if run_id is not None else -1),
+        ))
     )
-    if run_id is not None:
-        query = query.where(deliveries.c.run_id != run_id)
     history: dict[str, list[Sent]] = {}
-    for customer_id, channel, category, at in conn.execute(query):
-        history.setdefault(customer_id, []).append(Sent(channel=channel, category=category, at=int(at)))
-    return history
+    decided: set[str] = set()
+    for customer_id, channel, category, at, row_run in conn.execute(query):
+        if row_run == run_id:
+            decided.add(customer_id)
+        elif at is not None:
+            history.setdefault(customer_id, []).append(Sent(channel=channel, category=category, at=int(at)))
+    return history, decided
 
 
 def _one_of(conn: Connection, column: Any, values: Sequence[str]) -> Any:
@@ -518,13 +527,14 @@ def plan_run(
         lo, hi = fire - period, fire + horizon + period
         if dry_run:
             with ledger_engine.connect() as conn:
-                history = load_history(conn, ids, campaign.channels, lo, hi, None)
+                history, _ = load_history(conn, ids, campaign.channels, lo, hi, None)
             rows = decide_page(prepared, page, decisions_for, history, None, now)
         else:
             with write_transaction(ledger_engine) as conn:
                 lock_customers(conn, ids)
-                history = load_history(conn, ids, campaign.channels, lo, hi, run_id)
-                rows = decide_page(prepared, page, decisions_for, history, run_id, now)
+                history, decided = load_history(conn, ids, campaign.channels, lo, hi, run_id)
+                fresh = [row for row in page if row["id"] not in decided] if decided else page
+                rows = decide_page(prepared, fresh, decisions_for, history, run_id, now)
                 write_rows(conn, rows)
         _count(summary, rows)
         if on_rows is not None:

@@ -171,3 +171,22 @@ def test_only_the_fields_templates_read_are_fetched_and_they_render(tmp_path: Pa
     plan_run(engine, engine, prepared, FIRE, dry_run=False)
     (row,) = ledger(engine)
     assert row.payload["text"] == "Тверская: 1\u00a0234,50\u00a0₽, 0"
+
+
+def test_a_resumed_run_leaves_customers_it_already_decided(tmp_path: Path, db_url: str) -> None:
+    """A run that crashed half-way (status `planning`) is finished by the next `run` of the same
+    fire time; a customer it had decided keeps that one decision, even if the policy would now
+    choose another channel (no second message from one run)."""
+    _, engine, prepared = setup(tmp_path, db_url, [customer("C1"), customer("C2")], channels=["sms", "email"])
+    from orchestrator.planner import open_run
+
+    run_id, done = open_run(engine, "promo", int(FIRE.timestamp()))
+    assert not done
+    with engine.begin() as conn:
+        conn.execute(deliveries.insert().values(
+            run_id=run_id, campaign="promo", customer_id="C1", channel="email", category="promo", status="planned",
+            send_at=int(FIRE.timestamp()), expires_at=int(FIRE.timestamp()) + 86400, attempts=0, created_at=0, updated_at=0))
+    summary = plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    rows = {(r.customer_id, r.channel) for r in ledger(engine)}
+    assert rows == {("C1", "email"), ("C2", "sms")}
+    assert summary.planned == 2 and summary.targeted == 2
