@@ -533,9 +533,9 @@ class attr_bool(_attr):
 
 
 class attr_type(_attr):
-    inherit_cache = True
     """The JSON type name, 'null' when the attribute is missing."""
 
+    inherit_cache = True
     type = sa.Text()
     kind = "type"
     name = "attr_type"
