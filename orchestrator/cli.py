@@ -237,7 +237,7 @@ def validate(
         for check in report.campaigns:
             sms = ""
             if check.sms_parts:
-                parts = ", ".join(f"{n} part{'s' if p != 1 else ''}: {n2}" .replace(f"{n} part", f"{p} part") for p, n2 in sorted(check.sms_parts.items()) for n in [p])
+                parts = ", ".join(f"{p} part{'s' if p != 1 else ''}: {count}" for p, count in sorted(check.sms_parts.items()))
                 sms = f"; SMS {'/'.join(sorted(check.sms_encodings))}, longest {check.sms_max_units} units ({parts})"
             rendered = ", ".join(f"{c} {n}" for c, n in check.rendered.items())
             console.out(f"campaign {check.name}: {check.members} members, rendered {rendered or 'nothing'}{sms}")
