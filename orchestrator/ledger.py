@@ -59,7 +59,7 @@ def list_deliveries(
     columns = [c for c in deliveries.c if c.name != "payload"]
     query = sa.select(*columns).order_by(deliveries.c.id)
     if campaign:
-        query = query.where(deliveries.c.campaign == campaign)
+        query = query.where(deliveries.c.run_id.in_(sa.select(runs.c.id).where(runs.c.campaign == campaign)))
     if customer:
         query = query.where(deliveries.c.customer_id == customer)
     if status:

@@ -16,16 +16,21 @@ UTC = timezone.utc
 FUNNEL_STATES = ("planned", "queued", "sending", "sent", "failed", "unknown", "cancelled")
 
 
+def _of_campaign(campaign: str) -> sa.ColumnElement[bool]:
+    """Rows of a campaign, found through its runs (the ledger is indexed by run, not by name)."""
+    return deliveries.c.run_id.in_(sa.select(runs.c.id).where(runs.c.campaign == campaign))
+
+
 def funnel(engine: Engine, campaign: str) -> list[dict[str, Any]]:
     """One record per run and one for the whole campaign (run = "all")."""
     query = (
         sa.select(deliveries.c.run_id, deliveries.c.status, deliveries.c.reason, sa.func.count())
-        .where(deliveries.c.campaign == campaign)
+        .where(_of_campaign(campaign))
         .group_by(deliveries.c.run_id, deliveries.c.status, deliveries.c.reason)
     )
     targeted = (
         sa.select(deliveries.c.run_id, sa.func.count(sa.distinct(deliveries.c.customer_id)))
-        .where(deliveries.c.campaign == campaign)
+        .where(_of_campaign(campaign))
         .group_by(deliveries.c.run_id)
     )
     with engine.connect() as conn:
@@ -33,7 +38,7 @@ def funnel(engine: Engine, campaign: str) -> list[dict[str, Any]]:
         counts = conn.execute(query).all()
         targets = dict(conn.execute(targeted).all())
         total_targeted = conn.execute(
-            sa.select(sa.func.count(sa.distinct(deliveries.c.customer_id))).where(deliveries.c.campaign == campaign)
+            sa.select(sa.func.count(sa.distinct(deliveries.c.customer_id))).where(_of_campaign(campaign))
         ).scalar_one()
     per_run: dict[int, dict[str, Any]] = {}
     total = _empty("all", None, total_targeted)
@@ -66,7 +71,7 @@ def sends_per_local_hour(engine: Engine, campaign: str) -> dict[int, int]:
     moment = sa.func.coalesce(deliveries.c.sent_at, deliveries.c.send_at)
     query = (
         sa.select(moment, deliveries.c.zone)
-        .where(deliveries.c.campaign == campaign)
+        .where(_of_campaign(campaign))
         .where(deliveries.c.status.in_(("planned", "queued", "sending", "sent", "unknown")))
     )
     hours: Counter = Counter()

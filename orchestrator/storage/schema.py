@@ -139,5 +139,4 @@ deliveries = sa.Table(
     sa.UniqueConstraint("run_id", "customer_id", "channel", name="uq_deliveries_once"),
     sa.Index("ix_deliveries_caps", "customer_id", "channel", "send_at"),
     sa.Index("ix_deliveries_due", "status", "send_at"),
-    sa.Index("ix_deliveries_campaign", "campaign", "status"),
 )
