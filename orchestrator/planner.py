@@ -366,25 +366,26 @@ def load_history(conn: Connection, customer_ids: Sequence[str], channels: Iterab
     customers this very run already holds rows for (a resumed run, or the same run fired twice at
     once): those are decided already and are skipped, whatever the policy would say now."""
     moment = sa.func.coalesce(deliveries.c.sent_at, deliveries.c.send_at)
+    # The status is checked here, not in SQL: given a status condition SQLite may walk the status
+    # index (every planned row of the ledger) instead of the per-customer one.
     query = (
-        sa.select(deliveries.c.customer_id, deliveries.c.channel, deliveries.c.category, moment, deliveries.c.run_id)
+        sa.select(deliveries.c.customer_id, deliveries.c.channel, deliveries.c.category, moment,
+                  deliveries.c.run_id, deliveries.c.status)
         .where(_one_of(conn, deliveries.c.customer_id, customer_ids))
-        .where(sa.or_(
-            sa.and_(
-                deliveries.c.channel.in_(list(channels)),
-                deliveries.c.status.in_(CAP_COUNTED_STATES),
-                moment >= lo, moment < hi,
-            ),
-            deliveries.c.run_id == (run_id if run_id is not None else -1),
-        ))
+        .where(deliveries.c.channel.in_(list(channels)))
+        .where(moment >= lo, moment < hi)
     )
+    counted = frozenset(CAP_COUNTED_STATES)
     history: dict[str, list[Sent]] = {}
-    decided: set[str] = set()
-    for customer_id, channel, category, at, row_run in conn.execute(query):
-        if row_run == run_id:
-            decided.add(customer_id)
-        elif at is not None:
+    for customer_id, channel, category, at, row_run, status in conn.execute(query):
+        if row_run != run_id and status in counted:
             history.setdefault(customer_id, []).append(Sent(channel=channel, category=category, at=int(at)))
+    decided: set[str] = set()
+    if run_id is not None:
+        decided = set(conn.execute(
+            sa.select(deliveries.c.customer_id).where(deliveries.c.run_id == run_id)
+            .where(_one_of(conn, deliveries.c.customer_id, customer_ids))
+        ).scalars())
     return history, decided
 
 
