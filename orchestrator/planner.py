@@ -17,7 +17,7 @@ import time as clock
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
@@ -55,7 +55,7 @@ class Prepared:
     def campaign(self) -> Campaign:
         return self.file.campaign
 
-    @property
+    @cached_property
     def campaign_view(self) -> dict[str, str]:
         """`campaign` of templates."""
         campaign = self.file.campaign
@@ -271,8 +271,14 @@ class Links:
         return cabinet_link(self._settings.web.base_url, self._customer_id)
 
 
+@lru_cache(maxsize=4096)
+def _local_moment(send_at: int, zone: str) -> datetime:
+    """Recipients of a run share a few send times and zones; aware datetimes are immutable."""
+    return datetime.fromtimestamp(send_at, UTC).astimezone(_zone(zone))
+
+
 def _render_context(prepared: Prepared, customer: dict[str, Any], decision: Decision, links: Links) -> dict[str, Any]:
-    moment = datetime.fromtimestamp(decision.send_at or 0, UTC).astimezone(_zone(decision.zone))
+    moment = _local_moment(decision.send_at or 0, decision.zone)
     customer["local_time"] = moment
     return {
         "customer": customer,
@@ -312,6 +318,17 @@ def _payload(prepared: Prepared, channel: str, row: Mapping[str, Any], decision:
     return payload, None
 
 
+def _ledger_row(run_id: int | None, campaign: str, customer_id: str, category: str, now: int, channel: str,
+                status: str, reason: str | None, detail: str | None, send_at: int | None, expires_at: int,
+                zone: str | None, zone_source: str) -> dict[str, Any]:
+    return {
+        "run_id": run_id, "campaign": campaign, "customer_id": customer_id, "channel": channel,
+        "category": category, "status": status, "reason": reason, "detail": detail, "send_at": send_at,
+        "expires_at": expires_at, "sent_at": None, "attempts": 0, "error": None, "provider_id": None,
+        "zone": zone, "zone_source": zone_source, "payload": None, "created_at": now, "updated_at": now,
+    }
+
+
 def decide_page(
     prepared: Prepared,
     page: Sequence[Mapping[str, Any]],
@@ -324,29 +341,22 @@ def decide_page(
     campaign = prepared.campaign
     fire_at = decisions_for.fire_at
     rows: list[dict[str, Any]] = []
+    name, category = campaign.name, campaign.category
     for customer in page:
         customer_id = customer["id"]
-        base = {
-            "run_id": run_id, "campaign": campaign.name, "customer_id": customer_id,
-            "category": campaign.category, "attempts": 0, "created_at": now, "updated_at": now,
-            "sent_at": None, "error": None, "provider_id": None,
-        }
         if campaign.in_holdout(customer_id):
-            recipient = recipient_of(customer)
-            rows.append({
-                **base, "channel": campaign.channels[0], "status": "suppressed", "reason": "holdout",
-                "detail": f"holdout {campaign.holdout}", "send_at": None,
-                "expires_at": fire_at + prepared.rules.deliver_within, "zone": None,
-                "zone_source": recipient.zone_source, "payload": None,
-            })
+            rows.append(_ledger_row(
+                run_id, name, customer_id, category, now, campaign.channels[0], "suppressed", "holdout",
+                f"holdout {campaign.holdout}", None, fire_at + prepared.rules.deliver_within, None,
+                customer.get("zone_source") or "default",
+            ))
             continue
         decisions = decisions_for.decide(recipient_of(customer), history.get(customer_id, ()))
         for decision in decisions:
-            row = {
-                **base, "channel": decision.channel, "status": decision.status, "reason": decision.reason,
-                "detail": decision.detail or None, "send_at": decision.send_at, "expires_at": decision.expires_at,
-                "zone": decision.zone, "zone_source": decision.zone_source, "payload": None,
-            }
+            row = _ledger_row(
+                run_id, name, customer_id, category, now, decision.channel, decision.status, decision.reason,
+                decision.detail or None, decision.send_at, decision.expires_at, decision.zone, decision.zone_source,
+            )
             if decision.status == "planned":
                 payload, error = _payload(prepared, decision.channel, customer, decision, now)
                 if error is not None:
