@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import CampaignError, NotFound
-from orchestrator.settings import CATEGORIES, CHANNEL_NAMES, check_zone, parse_duration
+from orchestrator.settings import check_zone, parse_duration
 from orchestrator.yamlfile import LineMap, load_yaml, pydantic_error
 
 UTC = timezone.utc

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from orchestrator.errors import InputError, NotFound
 from orchestrator.storage.engine import write_transaction
+from orchestrator.storage.locks import lock_customers
 from orchestrator.storage.schema import customers, deliveries, runs
 
 UTC = timezone.utc
@@ -82,8 +83,7 @@ def unsubscribe(engine: Engine, customer_id: str, channel: str, *, source: str =
         raise InputError(f"'{channel}' is not a channel one can unsubscribe from ({', '.join(UNSUBSCRIBABLE)})", field="--channel")
     now = int(clock.time())
     with write_transaction(engine) as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:id, 0))"), {"id": customer_id})
+        lock_customers(conn, [customer_id])
         found = conn.execute(sa.select(customers.c.id).where(customers.c.id == customer_id)).first()
         if found is None:
             raise NotFound(f"no customer with id '{customer_id}'")

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, lru_cache
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -32,6 +32,7 @@ from orchestrator.policy.consent import Recipient
 from orchestrator.policy.decide import Decision, DecisionCache, PolicyContext, Rules
 from orchestrator.settings import Settings
 from orchestrator.storage.engine import write_transaction
+from orchestrator.storage.locks import lock_customers
 from orchestrator.storage.schema import CAP_COUNTED_STATES, deliveries, runs
 
 UTC = timezone.utc
@@ -408,19 +409,6 @@ def _one_of(conn: Connection, column: Any, values: Sequence[str]) -> Any:
         return column == sa.any_(sa.bindparam("ids", list(values), type_=ARRAY(sa.Text)))
     each = sa.func.json_each(sa.bindparam("ids", json.dumps(list(values)))).table_valued("value")
     return column.in_(sa.select(each.c.value))
-
-
-def lock_customers(conn: Connection, customer_ids: Sequence[str]) -> None:
-    """PostgreSQL: serialize cap decisions per customer across planners (and, later, workers)."""
-    if conn.dialect.name != "postgresql":
-        return
-    conn.execute(
-        sa.text(
-            "SELECT pg_advisory_xact_lock(k) FROM "
-            "(SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(CAST(:ids AS text[])) AS x ORDER BY k) AS s"
-        ),
-        {"ids": list(customer_ids)},
-    )
 
 
 def _insert(conn: Connection):  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from orchestrator.campaigns import CampaignFile, fire_times
+from orchestrator.campaigns import fire_times
 from orchestrator.planner import Prepared, RunSummary, plan_run
 from orchestrator.policy.caps import caps_for, max_in_window
 from orchestrator.settings import Settings

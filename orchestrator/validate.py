@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from sqlalchemy.engine import Engine
 
-from orchestrator.campaigns import CampaignFile, campaign_files, load_campaign
-from orchestrator.errors import InputError, OrchestratorError
+from orchestrator.campaigns import campaign_files, load_campaign
+from orchestrator.errors import OrchestratorError
 from orchestrator.planner import Prepared, prepare
 from orchestrator.policy.decide import Decision
 from orchestrator.settings import Settings
