@@ -190,3 +190,19 @@ def test_a_resumed_run_leaves_customers_it_already_decided(tmp_path: Path, db_ur
     rows = {(r.customer_id, r.channel) for r in ledger(engine)}
     assert rows == {("C1", "email"), ("C2", "sms")}
     assert summary.planned == 2 and summary.targeted == 2
+
+
+@pytest.mark.postgres
+def test_cap_locks_of_a_large_page_stay_bounded_on_postgresql(pg_url: str) -> None:
+    """A page of 20,000 customers takes at most 256 advisory locks: concurrent planners cannot
+    exhaust PostgreSQL's shared lock table (64 × max_connections entries by default)."""
+    from orchestrator.storage.engine import write_transaction
+    from orchestrator.storage.locks import CAP_LOCK_BUCKETS, lock_customers
+
+    engine = connect(pg_url)
+    with write_transaction(engine) as conn:
+        lock_customers(conn, [f"C{i:06d}" for i in range(20000)])
+        held = conn.execute(sa.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")).scalar_one()
+    assert 0 < held <= CAP_LOCK_BUCKETS
+    engine.dispose()
