@@ -104,7 +104,7 @@ def test_first_mode_skips_a_channel_without_consent() -> None:
     d = one(recipient(consent=frozenset({"email"})), rules(("sms", "email")))
     assert (d.channel, d.status, d.send_at) == ("email", "planned", at(WEDNESDAY_10))
     assert d.expires_at == at(WEDNESDAY_10) + DAY
-    assert (d.zone, d.zone_source, d.detail) == ("Europe/Moscow", "column", "")
+    assert (d.zone, d.zone_source, d.detail) == ("Europe/Moscow", "column", "skipped sms: no_consent")
 
 
 def test_first_mode_without_any_channel_is_one_suppression_listing_every_reason() -> None:
@@ -117,7 +117,7 @@ def test_first_mode_without_any_channel_is_one_suppression_listing_every_reason(
 def test_first_mode_skips_a_capped_channel() -> None:
     history = [Sent("sms", "promo", at("2026-11-20T10:00+03:00"))]
     d = one(ANNA, rules(("sms", "email")), history=history)
-    assert (d.channel, d.status) == ("email", "planned")
+    assert (d.channel, d.status, d.detail) == ("email", "planned", "skipped sms: capped")
 
 
 def test_first_mode_skips_a_channel_that_would_expire() -> None:
@@ -257,6 +257,7 @@ def test_when_capped_defer_prefers_the_next_channel_that_can_go_now() -> None:
     no_email = recipient(email=None)
     later = one(no_email, rules(("sms", "email"), when_capped="defer", deliver_within=30 * DAY), history=history)
     assert (later.channel, later.send_at) == ("sms", at("2026-12-10T10:00+03:00"))
+    assert later.detail == "capped until 2026-12-10 10:00, deferred"
 
 
 def test_transactional_ignores_caps_and_consent_but_not_sms_quiet_hours() -> None:

@@ -22,7 +22,7 @@ Choices where the SPEC is silent (each one is what an ESP user would expect, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from functools import lru_cache
 from typing import Mapping, Sequence
@@ -247,7 +247,7 @@ def decide(
         evaluation = _Evaluation(r, rules, fire_at, expires_at, ctx, channel)
         decision = evaluation.run(history, False)
         if decision.status == PLANNED:
-            return [decision]
+            return [_after_skipping(decision, refused)]
         refused.append((evaluation, decision))
     if defer:
         for index, (_, decision) in enumerate(refused):
@@ -255,9 +255,18 @@ def decide(
                 evaluation = _Evaluation(r, rules, fire_at, expires_at, ctx, decision.channel)
                 waited = evaluation.run(history, True)
                 if waited.status == PLANNED:
-                    return [waited]
+                    return [_after_skipping(waited, refused[:index])]
                 refused[index] = (evaluation, waited)
     return [_summary(refused)]
+
+
+def _after_skipping(decision: Decision, refused: list[tuple[_Evaluation, Decision]]) -> Decision:
+    """A message on a later channel says why the earlier ones were passed over."""
+    if not refused:
+        return decision
+    skipped = ", ".join(f"{d.channel}: {d.reason}" for _, d in refused)
+    detail = f"skipped {skipped}" + (f"; {decision.detail}" if decision.detail else "")
+    return replace(decision, detail=detail)
 
 
 def _reason_text(reason: str, why: str) -> str:
