@@ -443,7 +443,29 @@ def write_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row["payload"] is not None:
             row["payload"] = dumps(row["payload"], ensure_ascii=False)
-    conn.exec_driver_sql(_insert_sql(conn.dialect.name), list(map(_ledger_tuple, rows)))
+    if conn.dialect.name == "postgresql":
+        _copy_rows(conn, rows)
+    else:
+        conn.exec_driver_sql(_insert_sql(conn.dialect.name), list(map(_ledger_tuple, rows)))
+
+
+def _copy_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL: COPY into a transaction-scoped staging table, then one INSERT … SELECT that
+    keeps the ledger's ON CONFLICT (a row of this run and customer already there is left alone)."""
+    columns = ", ".join(LEDGER_COLUMNS)
+    conn.exec_driver_sql(
+        f"CREATE TEMP TABLE IF NOT EXISTS deliveries_staging ON COMMIT DELETE ROWS "
+        f"AS SELECT {columns} FROM deliveries WITH NO DATA"
+    )
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY deliveries_staging ({columns}) FROM STDIN") as copy:
+        for values in map(_ledger_tuple, rows):
+            copy.write_row(values)
+    conn.exec_driver_sql(
+        f"INSERT INTO deliveries ({columns}) SELECT {columns} FROM deliveries_staging "
+        "ON CONFLICT (run_id, customer_id, channel) DO NOTHING"
+    )
+    conn.exec_driver_sql("DELETE FROM deliveries_staging")
 
 
 def open_run(engine: Engine, campaign: str, fire_at: int) -> tuple[int, bool]:
