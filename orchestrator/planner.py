@@ -406,7 +406,13 @@ def _one_of(conn: Connection, column: Any, values: Sequence[str]) -> Any:
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import ARRAY
 
-        return column == sa.any_(sa.bindparam("ids", list(values), type_=ARRAY(sa.Text)))
+        # PostgreSQL will not probe an index once per array element: it scans the table.  The
+        # page's lowest and highest id (in the database's own collation) bound an index range.
+        ids = sa.bindparam("ids", list(values), type_=ARRAY(sa.Text))
+        elements = sa.func.unnest(ids).table_valued("value").render_derived()
+        lowest = sa.select(sa.func.min(elements.c.value)).scalar_subquery()
+        highest = sa.select(sa.func.max(elements.c.value)).scalar_subquery()
+        return sa.and_(column >= lowest, column <= highest, column == sa.any_(ids))
     each = sa.func.json_each(sa.bindparam("ids", json.dumps(list(values)))).table_valued("value")
     return column.in_(sa.select(each.c.value))
 
