@@ -369,7 +369,7 @@ def simulate(
     """Run every scheduled campaign in virtual time; sends nothing, writes nothing to the ledger."""
     from orchestrator.campaigns import campaign_files, load_campaign
     from orchestrator.planner import prepare
-    from orchestrator.simulate import scheduled_fires, simulate as run_simulation
+    from orchestrator.simulate import schedule_runs, simulate as run_simulation
 
     settings = settings_for(config)
     engine = engine_for(settings)
@@ -382,8 +382,9 @@ def simulate(
                 raise InputError(f"no campaign '{name}' (known: {', '.join(sorted(known))})")
         files = [f for f in files if f.campaign.name in campaigns]
     prepared = [prepare(settings, f, engine=engine) for f in files if f.campaign.schedule is not None]
-    with console.progress("simulate", scheduled_fires(settings, prepared, moment, days), enabled=not as_json) as bar:
-        result = run_simulation(settings, engine, engine, prepared, moment, days, progress=bar)
+    schedule = schedule_runs(settings, prepared, moment, days)
+    with console.progress("simulate", len(schedule), enabled=not as_json) as bar:
+        result = run_simulation(settings, engine, engine, schedule, moment, days, progress=bar)
     if as_json:
         for record in result.to_records():
             console.json_line(record)

@@ -290,7 +290,7 @@ def _render_context(prepared: Prepared, customer: dict[str, Any], decision: Deci
     }
 
 
-def _payload(prepared: Prepared, channel: str, row: Mapping[str, Any], decision: Decision, now: int) -> tuple[dict[str, Any] | None, str | None]:
+def render_payload(prepared: Prepared, channel: str, row: Mapping[str, Any], decision: Decision, now: int) -> tuple[dict[str, Any] | None, str | None]:
     """Render one message; a template error suppresses this recipient with the reason kept."""
     campaign = prepared.campaign
     customer = _flatten_attrs(row if isinstance(row, dict) else dict(row))
@@ -359,7 +359,7 @@ def decide_page(
                 decision.detail or None, decision.send_at, decision.expires_at, decision.zone, decision.zone_source,
             )
             if decision.status == "planned":
-                payload, error = _payload(prepared, decision.channel, customer, decision, now)
+                payload, error = render_payload(prepared, decision.channel, customer, decision, now)
                 if error is not None:
                     row.update(status="suppressed", reason="template_error", detail=error, send_at=None)
                 else:

@@ -268,9 +268,12 @@ class Settings:
         self.root = path.parent if path else Path.cwd()
 
     def __getattr__(self, name: str) -> Any:
-        if name == "import_settings":
-            return self.model.import_
         return getattr(self.model, name)
+
+    @property
+    def import_settings(self) -> ImportSettings:
+        """`[import]`: `import` is a Python keyword, so the model calls it `import_`."""
+        return self.model.import_
 
     def resolve(self, relative: str | Path) -> Path:
         path = Path(relative)

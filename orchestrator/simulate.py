@@ -60,18 +60,13 @@ def simulate(
     settings: Settings,
     data_engine: Engine,
     real_ledger: Engine,
-    campaigns: Sequence[Prepared],
+    schedule: Sequence[tuple[datetime, Prepared]],
     start: datetime,
     days: int,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> SimulationResult:
-    end = start + timedelta(days=days)
-    schedule = sorted(
-        ((fire, prepared) for prepared in campaigns
-         for fire in fire_times(prepared.campaign, settings.general.timezone, start, end)),
-        key=lambda item: (item[0], item[1].campaign.name),
-    )
+    """Plan every run of `schedule` (see `schedule_runs`) into a scratch ledger, in order."""
     result = SimulationResult(start=start, days=days)
     with tempfile.TemporaryDirectory(prefix="orchestrator-sim-") as scratch:
         ledger = connect(f"sqlite:///{Path(scratch) / 'simulation.db'}")
@@ -87,9 +82,14 @@ def simulate(
     return result
 
 
-def scheduled_fires(settings: Settings, campaigns: Sequence[Prepared], start: datetime, days: int) -> int:
+def schedule_runs(settings: Settings, campaigns: Sequence[Prepared], start: datetime, days: int) -> list[tuple[datetime, Prepared]]:
+    """Every (fire time, campaign) in [start, start + days), in the order they would fire."""
     end = start + timedelta(days=days)
-    return sum(1 for p in campaigns for _ in fire_times(p.campaign, settings.general.timezone, start, end))
+    return sorted(
+        ((fire, prepared) for prepared in campaigns
+         for fire in fire_times(prepared.campaign, settings.general.timezone, start, end)),
+        key=lambda item: (item[0], item[1].campaign.name),
+    )
 
 
 def _seed(real: Engine, scratch: Engine, since: datetime) -> None:

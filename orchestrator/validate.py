@@ -103,7 +103,7 @@ def _check_template(renderer: Any, settings: Settings, path: Path) -> None:
 def _render_members(report: ValidationReport, engine: Engine, prepared: Prepared, now: datetime,
                     progress: Callable[[int], None] | None) -> CampaignCheck:
     """Render every channel's template for every member, whatever the policy would decide."""
-    from orchestrator.planner import _payload, recipient_of
+    from orchestrator.planner import render_payload, recipient_of
     from orchestrator.segments import iter_segment_pages
 
     campaign = prepared.campaign
@@ -120,7 +120,7 @@ def _render_members(report: ValidationReport, engine: Engine, prepared: Prepared
             for channel in campaign.channels:
                 decision = Decision(channel=channel, status="planned", reason=None, send_at=fire,
                                     expires_at=fire, zone=zone, zone_source=recipient.zone_source, detail="")
-                payload, error = _payload(prepared, channel, row, decision, fire)
+                payload, error = render_payload(prepared, channel, row, decision, fire)
                 if error is not None:
                     key = f"{campaign.name}: {channel}: {error}"
                     failure_counts[key] += 1

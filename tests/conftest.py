@@ -8,7 +8,6 @@ never a silent skip.
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -74,14 +73,3 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
     yield engine
     engine.dispose()
 
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    """A copy of the repository's example workspace (settings, segments, templates, campaigns)."""
-    target = tmp_path / "ws"
-    target.mkdir()
-    for name in ("segments", "templates", "campaigns"):
-        if (REPO / name).exists():
-            shutil.copytree(REPO / name, target / name)
-    shutil.copy(REPO / "settings.toml", target / "settings.toml")
-    return target

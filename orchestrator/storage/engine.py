@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -118,6 +117,3 @@ def upgrade(engine: Engine) -> int:
             conn.execute(schema.schema_version.insert().values(version=target))
         return schema.SCHEMA_VERSION
 
-
-def now_epoch() -> int:
-    return int(time.time())
