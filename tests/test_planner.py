@@ -206,3 +206,19 @@ def test_cap_locks_of_a_large_page_stay_bounded_on_postgresql(pg_url: str) -> No
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")).scalar_one()
     assert 0 < held <= CAP_LOCK_BUCKETS
     engine.dispose()
+
+
+def test_the_birthday_trigger_greets_on_the_birthday_and_29_february_on_28_in_common_years(tmp_path: Path, db_url: str) -> None:
+    from datetime import date
+
+    rows = [
+        customer("TODAY", birthday=date(1990, 2, 28), birth_month=2, birth_day=28),
+        customer("LEAP", birthday=date(1988, 2, 29), birth_month=2, birth_day=29),
+        customer("TOMORROW", birthday=date(1985, 3, 1), birth_month=3, birth_day=1),
+        customer("NONE"),
+    ]
+    _, engine, prepared = setup(tmp_path, db_url, rows, schedule={"trigger": "birthday"})
+    fire = datetime(2027, 2, 27, 21, 0, tzinfo=UTC)  # 00:00 Moscow on 28 February 2027
+    summary = plan_run(engine, engine, prepared, fire, dry_run=False)
+    assert {r.customer_id for r in ledger(engine)} == {"TODAY", "LEAP"}
+    assert summary.planned == 2
