@@ -263,8 +263,6 @@ def _phone_zones_uncached(phone: str) -> tuple[str, ...]:
 
 def _phone_zones_typed(digits: str, country_length: int) -> tuple[str, ...]:
     national = digits[country_length:]
-    if not national or national[0] == "0":  # Italian-style leading zeros need the full parse
-        return _phone_zones_uncached("+" + digits)
     number = phonenumbers.PhoneNumber(
         country_code=int(digits[:country_length]), national_number=int(national)
     )
@@ -294,6 +292,13 @@ def phone_zones(phone: str) -> tuple[str, ...]:
         return ()
     if len(digits) == 11 and digits[0] == "7" and _RU_MOBILE.fullmatch(digits, 1):
         return _ru_mobile_zones()
+    country_length = _country_length(digits)
+    if not country_length:
+        return ()
+    if digits[country_length:country_length + 1] == "0":
+        # A national number kept with its leading zero (Italy, some Finnish ranges) is not looked
+        # up by its digits as written: only the full parse answers it right.
+        return _phone_zones_uncached(phone)
     prefix = _data_prefix(digits)
     try:
         answer = _prefix_answers[prefix]
@@ -301,9 +306,6 @@ def phone_zones(phone: str) -> tuple[str, ...]:
         answer = _prefix_answers[prefix] = _type_independent(prefix, digits)
     if answer is not None:
         return answer
-    country_length = _country_length(digits)
-    if not country_length:
-        return ()
     key = (phone[: 1 + country_length + _TYPE_DIGITS], len(phone))
     zones = _exact_cache.get(key)
     if zones is None:
