@@ -32,6 +32,9 @@ class Message:
     address: str                 # E.164 phone, email address, or manager login for calls
     content: Mapping[str, Any]   # rendered: text / subject, html, text / script ...
     headers: Mapping[str, str] = field(default_factory=dict)
+    campaign: str = ""
+    zone: str = ""               # the recipient's zone the policy used
+    zone_source: str = ""        # column | city | phone | default
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,15 @@ class SendResult:
 
 
 class Channel:
-    """Base class of every channel.  Subclasses take their settings table as keyword options."""
+    """Base class of every channel.  Subclasses take their settings table as keyword options.
+
+    `parallel` is how many messages the channel can usefully have in flight at once (its pool of
+    connections): the worker claims that many rows at a time, so a crash leaves at most that many
+    rows with an unknown outcome.
+    """
 
     name: str = ""
+    parallel: int = 16
 
     def __init__(self, name: str, **options: Any) -> None:
         self.name = name
@@ -74,6 +83,20 @@ class Channel:
 
     async def send(self, message: Message) -> SendResult:
         raise NotImplementedError
+
+
+class LedgerChannel(Channel):
+    """A channel whose delivery is a write into our own database (a call task for a manager).
+
+    The worker calls `deliver_in` inside the transaction that claims the ledger row, so the
+    delivery and the row's `sent` happen together or not at all: exactly once, even across crashes.
+    """
+
+    def deliver_in(self, conn: Any, message: Message, now: int, policy: Any) -> SendResult:
+        raise NotImplementedError
+
+    async def send(self, message: Message) -> SendResult:
+        raise TypeError(f"channel {self.name} delivers inside the ledger transaction (deliver_in)")
 
 
 def load_channel(name: str, backend: str, options: Mapping[str, Any]) -> Channel:

@@ -28,7 +28,7 @@ from orchestrator.campaigns import Campaign, CampaignFile
 from orchestrator.errors import NotFound, TemplateError
 from orchestrator.links import cabinet_link, unsubscribe_link
 from orchestrator.policy.caps import Sent
-from orchestrator.policy.consent import Recipient
+from orchestrator.policy.consent import Recipient, recipient_of
 from orchestrator.policy.decide import Decision, DecisionCache, PolicyContext, Rules
 from orchestrator.settings import Settings
 from orchestrator.storage.engine import write_transaction
@@ -102,15 +102,6 @@ def _iso_epoch(value: int) -> str:
     return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def policy_context(settings: Settings) -> PolicyContext:
-    return PolicyContext(
-        caps=settings.caps,
-        quiet=settings.quiet_hours,
-        default_zone=settings.general.timezone,
-        default_country=settings.general.country,
-    )
-
-
 def prepare(settings: Settings, file: CampaignFile, *, engine: Engine | None = None) -> Prepared:
     """Resolve the segment and templates of a campaign; every error names its file and line."""
     from orchestrator.segments import inline_segment, load_segment, validate_segment
@@ -141,7 +132,7 @@ def prepare(settings: Settings, file: CampaignFile, *, engine: Engine | None = N
         deliver_within=campaign.deliver_within_seconds,
         when_capped=campaign.when_capped,
     )
-    return Prepared(file, segment, renderer, settings, rules, policy_context(settings),
+    return Prepared(file, segment, renderer, settings, rules, PolicyContext.from_settings(settings),
                     fields=_fields_needed(renderer, campaign))
 
 
@@ -197,34 +188,6 @@ def trigger_condition(prepared: Prepared, fire_at: datetime) -> Any:
 
 
 @lru_cache(maxsize=64)
-def _channel_set(sms: bool, email: bool, phone: bool) -> frozenset[str]:
-    return frozenset(ch for ch, on in (("sms", sms), ("email", email), ("phone", phone)) if on)
-
-
-@lru_cache(maxsize=4096)
-def _zone_tuple(zones: str | None) -> tuple[str, ...]:
-    return tuple(zones.split()) if zones else ()
-
-
-def recipient_of(row: Mapping[str, Any]) -> Recipient:
-    """What the policy needs to know of a customer (consent, addresses, zones), from a page row."""
-    get = row.get
-    consent = _channel_set(bool(get("consent_sms")), bool(get("consent_email")), bool(get("consent_phone")))
-    unsubscribed = _channel_set(bool(get("unsubscribed_sms")), bool(get("unsubscribed_email")), bool(get("unsubscribed_phone")))
-    return Recipient(
-        customer_id=row["id"],
-        email=get("email"),
-        phone=get("phone"),
-        phone_invalid=bool(get("phone_invalid")),
-        manager=get("manager"),
-        consent=consent,
-        unsubscribed=unsubscribed,
-        zones=_zone_tuple(get("zones")),
-        zone_source=get("zone_source") or "default",
-        phone_cap_days=get("phone_cap_days"),
-    )
-
-
 @lru_cache(maxsize=512)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
@@ -290,6 +253,11 @@ def _render_context(prepared: Prepared, customer: dict[str, Any], decision: Deci
     }
 
 
+def _offer_json(offer: Mapping[str, Any]) -> dict[str, Any]:
+    """The campaign's offer as plain JSON values (dates become ISO text) for the call task."""
+    return json.loads(json.dumps(offer, default=str, ensure_ascii=False))
+
+
 def render_payload(prepared: Prepared, channel: str, row: Mapping[str, Any], decision: Decision, now: int) -> tuple[dict[str, Any] | None, str | None]:
     """Render one message; a template error suppresses this recipient with the reason kept."""
     campaign = prepared.campaign
@@ -308,6 +276,7 @@ def render_payload(prepared: Prepared, channel: str, row: Mapping[str, Any], dec
     payload: dict[str, Any] = {"address": customer.get(CHANNEL_ADDRESS.get(channel, "id")), "text": rendered.text}
     if channel == "phone":
         payload["manager"] = customer.get("manager")
+        payload["offer"] = _offer_json(campaign.offer)
     if rendered.subject is not None:
         payload["subject"] = rendered.subject
     if rendered.html is not None:

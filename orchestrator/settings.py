@@ -75,6 +75,13 @@ class Database(_Section):
 
 class Broker(_Section):
     url: str = "memory://"
+    # Where worker processes share per-channel rate limits: the Redis broker itself by default;
+    # with RabbitMQ, a Redis url here (else each worker process keeps the rate on its own).
+    rate_limit_url: str | None = None
+
+    @property
+    def rate_url(self) -> str | None:
+        return self.rate_limit_url or (self.url if self.url.startswith(("redis://", "rediss://")) else None)
 
     @field_validator("url")
     @classmethod
@@ -204,6 +211,40 @@ class TemplateSettings(_Section):
     max_output_kb: int = Field(256, ge=1, le=10_000)
 
 
+def _check_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_check_duration)]
+
+
+class DispatchSettings(_Section):
+    """The pump and the workers (SPEC 8).  Retries and deferrals wait in the ledger, not the broker."""
+
+    pump_interval: float = Field(1.0, gt=0, le=60, description="seconds between pump passes")
+    pump_batch: int = Field(5000, ge=1, le=100_000, description="due rows moved per pump pass")
+    message_batch: int = Field(50, ge=1, le=1000, description="deliveries per broker message")
+    requeue_after: Duration = "5m"    # queued but not claimed by then: enqueued again
+    sending_lease: Duration = "10m"   # still `sending` after this: the worker died, outcome unknown
+    retry_base: Duration = "30s"      # first retry of a transient error; doubles, with jitter
+    retry_max: Duration = "1h"
+    max_attempts: int = Field(6, ge=1, le=100)
+    worker_threads: int = Field(8, ge=1, le=256)
+    processes: int = Field(1, ge=1, le=64, description="worker processes started by `worker`")
+
+    def seconds(self, name: str) -> int:
+        return parse_duration(getattr(self, name))
+
+
+class SchedulerSettings(_Section):
+    misfire_grace: Duration = "1h"    # a fire time missed while down is run late within this, else skipped
+    reload_interval: Duration = "10s" # how often campaign files are checked for changes
+
+    def seconds(self, name: str) -> int:
+        return parse_duration(getattr(self, name))
+
+
 class SettingsModel(_Section):
     general: General = General()
     web: Web = Web()
@@ -219,6 +260,8 @@ class SettingsModel(_Section):
     planner: PlannerSettings = PlannerSettings()
     segments: SegmentSettings = SegmentSettings()
     templates: TemplateSettings = TemplateSettings()
+    dispatch: DispatchSettings = DispatchSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
     cities: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("caps")

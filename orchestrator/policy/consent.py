@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Mapping
 
 TRANSACTIONAL = "transactional"
 CONSENT_FREE_CHANNELS = frozenset({"webhook"})
@@ -65,3 +67,31 @@ def blocked_reason(channel: str, category: str, r: Recipient) -> str | None:
         if channel not in r.consent and channel not in CONSENT_FREE_CHANNELS:
             return "no_consent"
     return contact_reason(channel, r)
+
+
+def _channel_set(sms: bool, email: bool, phone: bool) -> frozenset[str]:
+    return frozenset(ch for ch, on in (("sms", sms), ("email", email), ("phone", phone)) if on)
+
+
+@lru_cache(maxsize=4096)
+def _zone_tuple(zones: str | None) -> tuple[str, ...]:
+    return tuple(zones.split()) if zones else ()
+
+
+def recipient_of(row: Mapping[str, Any]) -> Recipient:
+    """What the policy needs to know of a customer (consent, addresses, zones), from a page row."""
+    get = row.get
+    consent = _channel_set(bool(get("consent_sms")), bool(get("consent_email")), bool(get("consent_phone")))
+    unsubscribed = _channel_set(bool(get("unsubscribed_sms")), bool(get("unsubscribed_email")), bool(get("unsubscribed_phone")))
+    return Recipient(
+        customer_id=row["id"],
+        email=get("email"),
+        phone=get("phone"),
+        phone_invalid=bool(get("phone_invalid")),
+        manager=get("manager"),
+        consent=consent,
+        unsubscribed=unsubscribed,
+        zones=_zone_tuple(get("zones")),
+        zone_source=get("zone_source") or "default",
+        phone_cap_days=get("phone_cap_days"),
+    )

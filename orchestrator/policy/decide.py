@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from functools import lru_cache
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from orchestrator.policy.caps import Cap, Sent, cap_allows, caps_for, next_cap_slot
 from orchestrator.policy.consent import TRANSACTIONAL, Recipient, blocked_reason, contact_reason
@@ -66,6 +66,15 @@ class PolicyContext:
     quiet: QuietHoursSettings
     default_zone: str
     default_country: str
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "PolicyContext":
+        return cls(
+            caps=settings.caps,
+            quiet=settings.quiet_hours,
+            default_zone=settings.general.timezone,
+            default_country=settings.general.country,
+        )
 
 
 @dataclass(frozen=True, slots=True)

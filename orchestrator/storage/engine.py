@@ -87,10 +87,16 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 # --- migrations -----------------------------------------------------------------------------
 
 def _v1(conn: Connection) -> None:
-    schema.metadata.create_all(conn)
+    tables = [table for table in schema.metadata.sorted_tables if table.name != "call_tasks"]
+    schema.metadata.create_all(conn, tables=tables)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1}
+def _v2(conn: Connection) -> None:
+    """Call tasks for managers (the phone channel)."""
+    schema.call_tasks.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
 
 
 def current_version(conn: Connection) -> int:

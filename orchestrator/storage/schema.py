@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -139,4 +139,31 @@ deliveries = sa.Table(
     sa.UniqueConstraint("run_id", "customer_id", "channel", name="uq_deliveries_once"),
     sa.Index("ix_deliveries_caps", "customer_id", "channel", "send_at"),
     sa.Index("ix_deliveries_due", "status", "send_at"),
+)
+
+TASK_STATES = ("open", "done", "closed")
+
+call_tasks = sa.Table(
+    "call_tasks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.Integer, nullable=False, unique=True,
+              comment="the ledger row that created it: one task per delivery, ever"),
+    sa.Column("campaign", sa.String(128), nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Column("manager", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, comment="open | done | closed"),
+    sa.Column("due_from", sa.BigInteger, nullable=False),
+    sa.Column("due_until", sa.BigInteger, nullable=False),
+    sa.Column("zone", sa.String(64), nullable=False),
+    sa.Column("zone_source", sa.String(16)),
+    sa.Column("script", sa.Text),
+    sa.Column("offer", sa.JSON),
+    sa.Column("card", sa.JSON, comment="the customer's card when the task was made"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("note", sa.Text),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_call_tasks_manager", "manager", "status", "due_from"),
 )

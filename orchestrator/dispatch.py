@@ -1,0 +1,319 @@
+"""The worker's side of delivery (SPEC 8): claim ledger rows, check the policy again, send, record.
+
+At most once towards the customer rests on three rules:
+- a row is claimed (`queued` → `sending`, attempts + 1) in a transaction before any byte leaves;
+  a broker message whose rows are no longer `queued` (a redelivery, a duplicate from the pump's
+  re-enqueue) finds nothing to claim and is dropped;
+- rows are claimed a channel's `parallel` at a time, right before they are sent together, so a
+  worker killed mid-send leaves only messages that were really in flight as `sending`; the pump
+  turns those into `unknown` after the lease (never a second message);
+- a transient failure goes back to the ledger as `planned` with a backoff, and the pump brings it
+  back: retries survive the loss of the broker's data and go through the same re-check (a retry
+  that slipped into the night waits for the morning).
+
+The result of one chunk is recorded in the same transaction that claims the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time as clock
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from channels.base import Channel, LedgerChannel, Message, Outcome, SendResult
+from orchestrator.policy.caps import Sent
+from orchestrator.policy.consent import recipient_of
+from orchestrator.policy.decide import PolicyContext
+from orchestrator.policy.recheck import DEFER, SEND, Due, Verdict, recheck
+from orchestrator.settings import Settings
+from orchestrator.storage.engine import write_transaction
+from orchestrator.storage.locks import lock_customers
+from orchestrator.storage.schema import customers, deliveries
+
+log = logging.getLogger("orchestrator.dispatch")
+
+GONE_STATES = ("sending", "sent", "unknown")
+_CUSTOMER_COLUMNS = (
+    "id", "email", "phone", "phone_invalid", "manager", "consent_sms", "consent_email", "consent_phone",
+    "unsubscribed_sms", "unsubscribed_email", "unsubscribed_phone", "zones", "zone_source", "phone_cap_days",
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: int
+    ceiling: int
+    max_attempts: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RetryPolicy":
+        d = settings.dispatch
+        return cls(d.seconds("retry_base"), d.seconds("retry_max"), d.max_attempts)
+
+    def delay(self, attempts: int) -> int:
+        """Exponential backoff with jitter: concurrent failures do not come back in one wave."""
+        step = min(self.ceiling, self.base * 2 ** max(0, attempts - 1))
+        return max(1, round(step * random.uniform(0.5, 1.5)))
+
+
+@dataclass
+class Claimed:
+    """A row this worker now owns and is about to send."""
+
+    id: int
+    attempts: int
+    expires_at: int
+    message: Message
+
+
+@dataclass
+class Tally:
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    unknown: int = 0
+    deferred: int = 0
+    suppressed: int = 0
+    dropped: int = 0
+
+    def add(self, other: "Tally") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def _max_cap_period(ctx: PolicyContext, rows: Sequence[Mapping[str, Any]]) -> int:
+    periods = [cap.period_seconds for cap in ctx.caps.values()]
+    days = [row.get("phone_cap_days") or 0 for row in rows]
+    return max(periods + [max(days, default=0) * 86400, 86400])
+
+
+class Dispatcher:
+    """Delivers the rows of broker messages through the channels; one per worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        channels: Mapping[str, Channel],
+        run_async: Callable[[Any], Any],
+        *,
+        rate_gate: Callable[[str, int], None] | None = None,
+        now: Callable[[], float] = clock.time,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.channels = dict(channels)
+        self.run_async = run_async
+        self.rate_gate = rate_gate
+        self.now = now
+        self.ctx = PolicyContext.from_settings(settings)
+        self.retry = RetryPolicy.from_settings(settings)
+        self.opened: set[str] = set()
+
+    # --- the unit of work: one broker message ---------------------------------------------------
+
+    def deliver(self, channel_name: str, ids: Sequence[int]) -> Tally:
+        channel = self.channels.get(channel_name)
+        tally = Tally()
+        if channel is None:
+            log.error("no channel %r is configured: %d rows left queued", channel_name, len(ids))
+            return tally
+        self._open(channel)
+        step = max(1, channel.parallel)
+        pending: list[tuple[Claimed, SendResult]] = []
+        for start in range(0, len(ids), step):
+            chunk = list(ids[start:start + step])
+            if self.rate_gate is not None and not isinstance(channel, LedgerChannel):
+                self.rate_gate(channel_name, len(chunk))
+            claimed = self._record_and_claim(channel, pending, chunk, tally)
+            pending = self._send(channel, claimed) if claimed else []
+        if pending:
+            self._record_and_claim(channel, pending, [], tally)
+        return tally
+
+    def _open(self, channel: Channel) -> None:
+        if channel.name not in self.opened:
+            self.run_async(channel.open())
+            self.opened.add(channel.name)
+
+    def close(self) -> None:
+        for name in list(self.opened):
+            try:
+                self.run_async(self.channels[name].close())
+            except Exception:  # noqa: BLE001 - closing must not hide the shutdown
+                log.exception("closing channel %s failed", name)
+        self.opened.clear()
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def _send(self, channel: Channel, claimed: list[Claimed]) -> list[tuple[Claimed, SendResult]]:
+        results = self.run_async(_send_all(channel, [c.message for c in claimed]))
+        return list(zip(claimed, results))
+
+    # --- the ledger ----------------------------------------------------------------------------
+
+    def _record_and_claim(
+        self, channel: Channel, results: list[tuple[Claimed, SendResult]], ids: list[int], tally: Tally
+    ) -> list[Claimed]:
+        now = int(self.now())
+        with write_transaction(self.engine) as conn:
+            if results:
+                self._record(conn, results, now, tally)
+            if not ids:
+                return []
+            return self._claim(conn, channel, ids, now, tally)
+
+    def _claim(self, conn: Connection, channel: Channel, ids: list[int], now: int, tally: Tally) -> list[Claimed]:
+        query = (
+            sa.select(deliveries)
+            .where(deliveries.c.id.in_(ids), deliveries.c.status == "queued")
+            .order_by(deliveries.c.id)
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        rows = [row._mapping for row in conn.execute(query)]
+        tally.dropped += len(ids) - len(rows)
+        if not rows:
+            return []
+        customer_ids = sorted({row["customer_id"] for row in rows})
+        lock_customers(conn, customer_ids)
+        people = {
+            row["id"]: row
+            for row in conn.execute(
+                sa.select(*(customers.c[name] for name in _CUSTOMER_COLUMNS)).where(customers.c.id.in_(customer_ids))
+            ).mappings()
+        }
+        gone = self._gone(conn, customer_ids, {row["channel"] for row in rows}, now, list(people.values()))
+        claimed: list[Claimed] = []
+        updates: list[dict[str, Any]] = []
+        for row in rows:
+            person = people.get(row["customer_id"])
+            recipient = recipient_of(person) if person is not None else None
+            expires_at = row["expires_at"] if row["expires_at"] is not None else now + 86400
+            due = Due(row["channel"], row["category"], expires_at, row["zone"] or self.ctx.default_zone,
+                      row["zone_source"] or "default")
+            history = gone.setdefault(row["customer_id"], [])
+            verdict = recheck(due, recipient, history, now, self.ctx)
+            if verdict.action == SEND:
+                history.append(Sent(row["channel"], row["category"], now))
+                message = _message(row)
+                if isinstance(channel, LedgerChannel):
+                    result = channel.deliver_in(conn, message, now, self.ctx)
+                    updates.append(self._outcome_values(row["id"], row["attempts"] + 1, row["expires_at"], result, now, tally))
+                    continue
+                updates.append({"_id": row["id"], "status": "sending", "send_at": now,
+                                "attempts": row["attempts"] + 1, "updated_at": now})
+                claimed.append(Claimed(row["id"], row["attempts"] + 1, expires_at, message))
+            else:
+                updates.append(self._verdict_values(row["id"], verdict, now, tally))
+        tally.claimed += len(claimed)
+        _apply(conn, updates, ("queued",))
+        return claimed
+
+    def _gone(
+        self, conn: Connection, customer_ids: list[str], channel_names: set[str], now: int,
+        people: list[Mapping[str, Any]],
+    ) -> dict[str, list[Sent]]:
+        """The customers' messages that already went out within the longest cap window."""
+        since = now - _max_cap_period(self.ctx, people)
+        query = sa.select(
+            deliveries.c.customer_id, deliveries.c.channel, deliveries.c.category, deliveries.c.send_at
+        ).where(
+            deliveries.c.customer_id.in_(customer_ids),
+            deliveries.c.channel.in_(sorted(channel_names)),
+            deliveries.c.status.in_(GONE_STATES),
+            deliveries.c.send_at > since,
+        )
+        gone: dict[str, list[Sent]] = {}
+        for customer_id, channel, category, send_at in conn.execute(query):
+            gone.setdefault(customer_id, []).append(Sent(channel, category, send_at))
+        return gone
+
+    def _verdict_values(self, row_id: int, verdict: Verdict, now: int, tally: Tally) -> dict[str, Any]:
+        if verdict.action == DEFER:
+            tally.deferred += 1
+            return {"_id": row_id, "status": "planned", "send_at": verdict.at, "detail": verdict.detail,
+                    "updated_at": now}
+        tally.suppressed += 1
+        return {"_id": row_id, "status": "suppressed", "reason": verdict.reason, "detail": verdict.detail,
+                "updated_at": now}
+
+    def _record(self, conn: Connection, results: list[tuple[Claimed, SendResult]], now: int, tally: Tally) -> None:
+        updates = [
+            self._outcome_values(claimed.id, claimed.attempts, claimed.expires_at, result, now, tally)
+            for claimed, result in results
+        ]
+        # A row the pump declared `unknown` (lease over) still gets the outcome we now know.
+        _apply(conn, updates, ("sending", "unknown"))
+
+    def _outcome_values(
+        self, row_id: int, attempts: int, expires_at: int | None, result: SendResult, now: int, tally: Tally
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {"_id": row_id, "updated_at": now, "attempts": attempts}
+        if result.outcome is Outcome.SENT:
+            tally.sent += 1
+            values.update(status="sent", sent_at=now, provider_id=result.provider_id, error=None)
+        elif result.outcome is Outcome.PERMANENT:
+            tally.failed += 1
+            values.update(status="failed", error=result.reason)
+        elif result.outcome is Outcome.UNKNOWN:
+            tally.unknown += 1
+            values.update(status="unknown", error=result.reason)
+        else:
+            retry_at = now + self.retry.delay(attempts)
+            if attempts >= self.retry.max_attempts or (expires_at is not None and retry_at >= expires_at):
+                tally.failed += 1
+                why = "attempts" if attempts >= self.retry.max_attempts else "time to deliver"
+                values.update(status="failed", error=f"gave up (out of {why}) after {attempts}: {result.reason}")
+            else:
+                tally.retried += 1
+                values.update(status="planned", send_at=retry_at, error=result.reason)
+        return values
+
+
+def _apply(conn: Connection, updates: list[dict[str, Any]], from_states: tuple[str, ...]) -> None:
+    """Grouped by the set of columns, one executemany each; only rows still in `from_states`."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for values in updates:
+        groups.setdefault(tuple(sorted(values)), []).append(values)
+    for keys, batch in groups.items():
+        columns = {key: sa.bindparam(f"v_{key}") for key in keys if key != "_id"}
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == sa.bindparam("v__id"), sa.or_(*(deliveries.c.status == s for s in from_states)))
+            .values(columns),
+            [{f"v_{key}": value for key, value in values.items()} for values in batch],
+        )
+
+
+def _message(row: Mapping[str, Any]) -> Message:
+    payload = row["payload"] or {}
+    return Message(
+        ref=str(row["id"]),
+        channel=row["channel"],
+        customer_id=row["customer_id"],
+        address=str(payload.get("address") or row["customer_id"]),
+        content=payload,
+        campaign=row["campaign"],
+        zone=row["zone"] or "",
+        zone_source=row["zone_source"] or "",
+    )
+
+
+async def _send_one(channel: Channel, message: Message) -> SendResult:
+    try:
+        return await channel.send(message)
+    except Exception as error:  # noqa: BLE001 - a broken channel must not lose track of the row
+        log.exception("channel %s raised while sending %s", channel.name, message.ref)
+        return SendResult.unknown(f"the channel failed unexpectedly: {type(error).__name__}: {error}")
+
+
+async def _send_all(channel: Channel, messages: list[Message]) -> list[SendResult]:
+    return list(await asyncio.gather(*(_send_one(channel, m) for m in messages)))
