@@ -509,6 +509,76 @@ def unsubscribe(
         console.out(f"customer {customer_id} unsubscribed from {channel}; {withdrawn} pending message(s) withdrawn")
 
 
+def _offset_clock(settings: "Settings", now: str | None):  # type: ignore[no-untyped-def]
+    """`--now`: the processes' clock starts at that moment and runs on in real time."""
+    import time
+
+    if not now:
+        return time.time
+    offset = parse_now(now, settings).timestamp() - time.time()
+    return lambda: time.time() + offset
+
+
+def _serve_signals(seconds: float | None):  # type: ignore[no-untyped-def]
+    from orchestrator.logs import setup_logging
+    from orchestrator.runtime import stop_event_on_signals
+
+    setup_logging()
+    stop = stop_event_on_signals()
+    if seconds:
+        import threading
+
+        threading.Timer(seconds, stop.set).start()
+    return stop
+
+
+ForOpt = Annotated[Optional[float], typer.Option("--for", min=0.1, help="stop after this many seconds (demos, tests)")]
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    processes: Annotated[Optional[int], typer.Option(min=1, max=64, help="worker processes (default: processes in the dispatch settings)")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, max=256, help="threads per process (default: worker_threads in the dispatch settings)")] = None,
+    queues: Annotated[Optional[list[str]], typer.Option("--queue", help="only these channels' queues")] = None,
+    seconds: ForOpt = None,
+) -> None:
+    """Deliver: dramatiq workers take due messages from the broker and send them (SPEC 8)."""
+    from orchestrator.runtime import require_shared_broker, run_worker, supervise
+
+    settings = settings_for(config)
+    require_shared_broker(settings, "worker")
+    stop = _serve_signals(seconds)
+    count = processes or settings.dispatch.processes
+    if count == 1:
+        run_worker(settings, threads, set(queues) if queues else None, stop)
+        return
+    args = [*(["--config", str(settings.path)] if settings.path else []),
+            *(["--threads", str(threads)] if threads else []), *sum((["--queue", q] for q in queues or []), [])]
+    supervise(args, count, stop)
+
+
+@app.command()
+def scheduler(config: ConfigOpt = None, now: NowOpt = None, seconds: ForOpt = None) -> None:
+    """Fire campaigns on their schedules and pump due messages to the broker."""
+    from orchestrator.runtime import run_scheduler
+
+    settings = settings_for(config)
+    clock = _offset_clock(settings, now)
+    run_scheduler(settings, _serve_signals(seconds), now=clock)
+
+
+@app.command()
+def up(config: ConfigOpt = None, now: NowOpt = None, seconds: ForOpt = None,
+       threads: Annotated[Optional[int], typer.Option(min=1, max=256)] = None) -> None:
+    """Schedules, pump and workers in one process: the embedded default, nothing else to run."""
+    from orchestrator.runtime import run_up
+
+    settings = settings_for(config)
+    clock = _offset_clock(settings, now)
+    run_up(settings, _serve_signals(seconds), now=clock, threads=threads)
+
+
 @app.command("sample-data")
 def sample_data(
     directory: Annotated[Path, typer.Argument(help="where to write customers.csv and purchases.csv")] = Path("var/sample"),

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time as clock
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import dramatiq
@@ -175,9 +174,35 @@ def supervise(args: list[str], processes: int, stop: threading.Event, env: Mappi
                 child.kill()
 
 
-def settings_path_arg(settings: Settings) -> list[str]:
-    return ["--config", str(settings.path)] if settings.path else []
+def _scheduler(settings: Settings, runtime: Runtime):  # type: ignore[no-untyped-def]
+    from datetime import datetime, timezone
+
+    from orchestrator.scheduler import CampaignScheduler
+
+    def utc_now() -> datetime:
+        return datetime.fromtimestamp(int(runtime.now()), timezone.utc)
+
+    return CampaignScheduler(
+        settings, runtime.engine, clock=utc_now,
+        periodic=[("pump", settings.dispatch.pump_interval, runtime.pump)],
+    )
 
 
-def workspace_path(settings: Settings) -> Path:
-    return settings.root
+def run_scheduler(settings: Settings, stop: threading.Event, *, now: Clock = clock.time) -> None:
+    """`orchestrator scheduler`: the campaigns' schedules and the pump; workers deliver elsewhere."""
+    require_shared_broker(settings, "scheduler")
+    runtime = Runtime(settings, now=now)
+    try:
+        _scheduler(settings, runtime).run_until(stop)
+    finally:
+        runtime.stop()
+
+
+def run_up(settings: Settings, stop: threading.Event, *, now: Clock = clock.time, threads: int | None = None) -> None:
+    """`orchestrator up`: schedules, pump and delivery in one process (the embedded default)."""
+    runtime = Runtime(settings, now=now)
+    runtime.start_delivery(threads)
+    try:
+        _scheduler(settings, runtime).run_until(stop)
+    finally:
+        runtime.stop()
