@@ -31,6 +31,7 @@ from orchestrator.policy.caps import Sent
 from orchestrator.policy.consent import recipient_of
 from orchestrator.policy.decide import PolicyContext
 from orchestrator.policy.recheck import DEFER, SEND, Due, Verdict, recheck
+from orchestrator.ratelimit import RateGate
 from orchestrator.settings import Settings
 from orchestrator.storage.engine import write_transaction
 from orchestrator.storage.locks import lock_customers
@@ -104,7 +105,7 @@ class Dispatcher:
         channels: Mapping[str, Channel],
         run_async: Callable[[Any], Any],
         *,
-        rate_gate: Callable[[str, int], None] | None = None,
+        rate_gate: "RateGate | None" = None,
         now: Callable[[], float] = clock.time,
     ) -> None:
         self.settings = settings
@@ -127,6 +128,9 @@ class Dispatcher:
             return tally
         self._open(channel)
         step = max(1, channel.parallel)
+        burst = self.rate_gate.burst(channel_name) if self.rate_gate is not None else None
+        if burst is not None:
+            step = min(step, burst)
         pending: list[tuple[Claimed, SendResult]] = []
         for start in range(0, len(ids), step):
             chunk = list(ids[start:start + step])

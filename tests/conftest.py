@@ -73,3 +73,45 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
     yield engine
     engine.dispose()
 
+
+
+REDIS_URL = os.environ.get("ORCHESTRATOR_TEST_REDIS", "redis://127.0.0.1:6379/7")
+AMQP_URL = os.environ.get("ORCHESTRATOR_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def _require(service: str, url: str, probe) -> None:  # type: ignore[no-untyped-def]
+    try:
+        probe()
+    except Exception as error:  # noqa: BLE001 - any failure means the service is not usable
+        if os.environ.get("CI"):
+            pytest.fail(f"{service} is required in CI and is not usable at {url}: {error}")
+        pytest.skip(f"{service} not reachable at {url}")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A Redis database of its own, emptied before the test (queues, rate-limit counters)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    _require("Redis", REDIS_URL, client.ping)
+    client.flushdb()
+    client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    import pika
+
+    def probe() -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL + "?socket_timeout=2"))
+        channel = connection.channel()
+        for queue in ("sms", "email", "phone", "webhook"):
+            channel.queue_delete(queue=queue)
+            channel.queue_delete(queue=f"{queue}.DQ")
+            channel.queue_delete(queue=f"{queue}.XQ")
+        connection.close()
+
+    _require("RabbitMQ", AMQP_URL, probe)
+    return AMQP_URL
