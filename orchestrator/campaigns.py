@@ -291,14 +291,21 @@ def fire_times(campaign: Campaign, default_zone: str, start: datetime, end: date
         return
     previous = None
     cursor = start
+    last_wall = None
     while True:
-        fire = trigger.get_next_fire_time(previous, cursor)
-        if fire is None or fire >= end:
+        local = trigger.get_next_fire_time(previous, cursor)
+        if local is None or local >= end:
             return
-        fire = fire.astimezone(UTC)
+        # The trigger is given back its own zoned value: converted to UTC inside the hour that
+        # repeats when clocks go back, it would answer the same instant forever.
+        previous = cursor = local
+        wall = local.replace(tzinfo=None)
+        if wall == last_wall:
+            continue  # the repeated hour shows 02:30 twice: the campaign fires once, as cron does
+        last_wall = wall
+        fire = local.astimezone(UTC)
         if fire >= start:
             yield fire
-        previous, cursor = fire, fire
 
 
 def latest_fire_time(campaign: Campaign, default_zone: str, now: datetime) -> datetime | None:

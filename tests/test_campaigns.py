@@ -97,3 +97,15 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
         load_campaign(path)
     assert str(caught.value).startswith(f"{path}:")
     assert "not valid YAML" in str(caught.value)
+
+
+def test_a_cron_time_in_the_repeated_autumn_hour_fires_once() -> None:
+    from datetime import datetime, timezone
+
+    from orchestrator.campaigns import Campaign, fire_times
+
+    c = Campaign.model_validate({"name": "c", "segment": "s", "category": "promo", "channels": ["sms"],
+                                 "template": "t", "schedule": {"cron": "30 2 * * *", "timezone": "Europe/Berlin"}})
+    fires = list(fire_times(c, "UTC", datetime(2026, 10, 24, tzinfo=timezone.utc), datetime(2026, 10, 27, tzinfo=timezone.utc)))
+    assert [f.isoformat() for f in fires] == [
+        "2026-10-24T00:30:00+00:00", "2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]
