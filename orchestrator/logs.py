@@ -56,5 +56,6 @@ def setup_logging(level: str = "INFO", as_json: bool | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # Libraries that log every request or job at INFO: a line per message costs more than the send.
+    for noisy in ("apscheduler", "pika", "httpx", "httpcore", "aiosmtplib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
