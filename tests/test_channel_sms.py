@@ -256,12 +256,12 @@ def test_overload_and_server_errors_are_transient(gateway: FakeGateway, status: 
 
 
 def test_an_outage_window_is_transient_until_it_ends(gateway: FakeGateway) -> None:
-    control(gateway.url, fail_for=0.3)
+    control(gateway.url, fail_for=2.0)
     channel = sms(gateway.url)
 
     async def run() -> list[SendResult]:
         during = await channel.send(message(ref="during"))
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(2.2)
         after = await channel.send(message(ref="after"))
         await channel.close()
         return [during, after]
