@@ -522,7 +522,7 @@ class Smtp(Channel):
         self.password = str(password) if password is not None else None
         self.timeout = _as_positive(timeout, f"{field}.timeout")
         self.pool_size = _as_int(connections, f"{field}.connections", 1, 1000)
-        self.parallel = self.pool_size
+        self.parallel = 2 * self.pool_size  # one message on each connection, one waiting for it
         self.validate_certs = _as_bool(validate_certs, f"{field}.validate_certs")
         self.helo = str(helo or local_hostname or "") or None
         self._tls_context = self._make_tls_context() if (self.tls or self.starttls) else None

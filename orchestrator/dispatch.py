@@ -44,6 +44,27 @@ _CUSTOMER_COLUMNS = (
     "id", "email", "phone", "phone_invalid", "manager", "consent_sms", "consent_email", "consent_phone",
     "unsubscribed_sms", "unsubscribed_email", "unsubscribed_phone", "zones", "zone_source", "phone_cap_days",
 )
+# Built once: the claim runs for every few messages, and building a statement costs as much as
+# running it on a warm database.
+_QUEUED = (
+    sa.select(deliveries)
+    .where(deliveries.c.id.in_(sa.bindparam("ids", expanding=True)), deliveries.c.status == "queued")
+    .order_by(deliveries.c.id)
+)
+_QUEUED_LOCKED = _QUEUED.with_for_update(skip_locked=True)
+_PEOPLE = sa.select(*(customers.c[name] for name in _CUSTOMER_COLUMNS)).where(
+    customers.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+_GONE = sa.select(deliveries.c.customer_id, deliveries.c.channel, deliveries.c.category, deliveries.c.send_at).where(
+    deliveries.c.customer_id.in_(sa.bindparam("ids", expanding=True)),
+    deliveries.c.channel.in_(sa.bindparam("channels", expanding=True)),
+    deliveries.c.status.in_(GONE_STATES),
+    deliveries.c.send_at > sa.bindparam("since"),
+)
+_PG_TYPES = {
+    "status": "text", "send_at": "bigint", "attempts": "integer", "updated_at": "bigint", "detail": "text",
+    "reason": "text", "sent_at": "bigint", "provider_id": "text", "error": "text",
+}
 
 
 @dataclass(frozen=True)
@@ -175,25 +196,14 @@ class Dispatcher:
             return self._claim(conn, channel, ids, now, tally)
 
     def _claim(self, conn: Connection, channel: Channel, ids: list[int], now: int, tally: Tally) -> list[Claimed]:
-        query = (
-            sa.select(deliveries)
-            .where(deliveries.c.id.in_(ids), deliveries.c.status == "queued")
-            .order_by(deliveries.c.id)
-        )
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        rows = [row._mapping for row in conn.execute(query)]
+        query = _QUEUED_LOCKED if conn.dialect.name == "postgresql" else _QUEUED
+        rows = list(conn.execute(query, {"ids": ids}).mappings())
         tally.dropped += len(ids) - len(rows)
         if not rows:
             return []
         customer_ids = sorted({row["customer_id"] for row in rows})
         lock_customers(conn, customer_ids)
-        people = {
-            row["id"]: row
-            for row in conn.execute(
-                sa.select(*(customers.c[name] for name in _CUSTOMER_COLUMNS)).where(customers.c.id.in_(customer_ids))
-            ).mappings()
-        }
+        people = {row["id"]: row for row in conn.execute(_PEOPLE, {"ids": customer_ids}).mappings()}
         gone = self._gone(conn, customer_ids, {row["channel"] for row in rows}, now, list(people.values()))
         claimed: list[Claimed] = []
         updates: list[dict[str, Any]] = []
@@ -227,16 +237,9 @@ class Dispatcher:
     ) -> dict[str, list[Sent]]:
         """The customers' messages that already went out within the longest cap window."""
         since = now - _max_cap_period(self.ctx, people)
-        query = sa.select(
-            deliveries.c.customer_id, deliveries.c.channel, deliveries.c.category, deliveries.c.send_at
-        ).where(
-            deliveries.c.customer_id.in_(customer_ids),
-            deliveries.c.channel.in_(sorted(channel_names)),
-            deliveries.c.status.in_(GONE_STATES),
-            deliveries.c.send_at > since,
-        )
+        params = {"ids": customer_ids, "channels": sorted(channel_names), "since": since}
         gone: dict[str, list[Sent]] = {}
-        for customer_id, channel, category, send_at in conn.execute(query):
+        for customer_id, channel, category, send_at in conn.execute(_GONE, params):
             gone.setdefault(customer_id, []).append(Sent(channel, category, send_at))
         return gone
 
@@ -283,11 +286,14 @@ class Dispatcher:
 
 
 def _apply(conn: Connection, updates: list[dict[str, Any]], from_states: tuple[str, ...]) -> None:
-    """Grouped by the set of columns, one executemany each; only rows still in `from_states`."""
+    """Grouped by the set of columns, one statement each; only rows still in `from_states`."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for values in updates:
         groups.setdefault(tuple(sorted(values)), []).append(values)
     for keys, batch in groups.items():
+        if conn.dialect.name == "postgresql":
+            _apply_unnest(conn, keys, batch, from_states)
+            continue
         columns = {key: sa.bindparam(f"v_{key}") for key in keys if key != "_id"}
         conn.execute(
             deliveries.update()
@@ -295,6 +301,19 @@ def _apply(conn: Connection, updates: list[dict[str, Any]], from_states: tuple[s
             .values(columns),
             [{f"v_{key}": value for key, value in values.items()} for values in batch],
         )
+
+
+def _apply_unnest(conn: Connection, keys: tuple[str, ...], batch: list[dict[str, Any]], from_states: tuple[str, ...]) -> None:
+    """PostgreSQL: one UPDATE for the whole group, its values passed as arrays (one round trip)."""
+    columns = [key for key in keys if key != "_id"]
+    arrays = ", ".join(["CAST(:v__id AS bigint[])", *(f"CAST(:v_{c} AS {_PG_TYPES[c]}[])" for c in columns)])
+    states = ", ".join(f"'{state}'" for state in from_states)
+    sql = (
+        f"UPDATE deliveries AS d SET {', '.join(f'{c} = v.{c}' for c in columns)} "
+        f"FROM unnest({arrays}) AS v(id, {', '.join(columns)}) WHERE d.id = v.id AND d.status IN ({states})"
+    )
+    params = {f"v_{key}": [values[key] for values in batch] for key in keys}
+    conn.execute(sa.text(sql), params)
 
 
 def _message(row: Mapping[str, Any]) -> Message:

@@ -60,7 +60,7 @@ class Runtime:
     def __init__(self, settings: Settings, *, now: Clock = clock.time) -> None:
         self.settings = settings
         self.now = now
-        self.engine = connect(settings.database_url)
+        self.engine = connect(settings.database_url, pre_ping=False)
         self.channel_names = sorted(settings.channels)
         self.queues = Queues(settings.broker.url, self.channel_names)
         self.worker: dramatiq.Worker | None = None
@@ -75,6 +75,9 @@ class Runtime:
     # --- delivering ----------------------------------------------------------------------------
 
     def start_delivery(self, threads: int | None = None, queues: set[str] | None = None) -> None:
+        # The event loop that talks to SMTP/HTTP and the threads that talk to the ledger share one
+        # GIL; the default 5 ms switch interval leaves sockets idle while a thread computes.
+        sys.setswitchinterval(float(os.environ.get("ORCHESTRATOR_SWITCH_INTERVAL", "0.0005")))
         self.loop = EventLoopThread(logging.getLogger("orchestrator.loop"))
         self.loop.start(timeout=10)
         gate = RateGate(channel_rates(self.settings), self.settings.broker.rate_url)

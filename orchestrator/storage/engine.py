@@ -56,12 +56,17 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def connect(url: str, *, migrate: bool = True) -> Engine:
-    """An engine for `url`, its schema brought up to date (or checked, with migrate=False)."""
+def connect(url: str, *, migrate: bool = True, pre_ping: bool = True) -> Engine:
+    """An engine for `url`, its schema brought up to date (or checked, with migrate=False).
+
+    pre_ping=False for the workers' hot path: a ping per transaction costs a round trip, and a
+    transaction that meets a dead connection fails, invalidates the pool and is retried safely
+    (its rows stay queued until the pump enqueues them again).
+    """
     url = normalize_url(url)
     try:
         engine = _sqlite_engine(url) if url.startswith("sqlite") else sa.create_engine(
-            url, pool_pre_ping=True
+            url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=20
         )
         if migrate:
             upgrade(engine)
