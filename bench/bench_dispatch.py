@@ -80,7 +80,7 @@ ref = "{{{{ ref }}}}"
 
 def fresh_db(kind: str, root: Path) -> str:
     if kind == "sqlite":
-        return f"sqlite:///{root / 'bench.db'}"
+        return f"sqlite:///{root / f'bench-{uuid.uuid4().hex[:8]}.db'}"
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(PG.replace("postgresql://", "postgresql+psycopg://"))
     with admin.begin() as conn:

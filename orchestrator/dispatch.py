@@ -20,6 +20,7 @@ import asyncio
 import logging
 import random
 import time as clock
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -124,7 +125,7 @@ class Dispatcher:
         settings: Settings,
         engine: Engine,
         channels: Mapping[str, Channel],
-        run_async: Callable[[Any], Any],
+        loop: asyncio.AbstractEventLoop,
         *,
         rate_gate: "RateGate | None" = None,
         now: Callable[[], float] = clock.time,
@@ -132,7 +133,7 @@ class Dispatcher:
         self.settings = settings
         self.engine = engine
         self.channels = dict(channels)
-        self.run_async = run_async
+        self.loop = loop
         self.rate_gate = rate_gate
         self.now = now
         self.ctx = PolicyContext.from_settings(settings)
@@ -142,6 +143,9 @@ class Dispatcher:
     # --- the unit of work: one broker message ---------------------------------------------------
 
     def deliver(self, channel_name: str, ids: Sequence[int]) -> Tally:
+        """Claim, send and record the rows in chunks, the ledger work of one chunk overlapping the
+        sending of the previous one: the channel's connections stay busy while the thread waits on
+        the database, and at most two chunks per thread are claimed and not yet recorded."""
         channel = self.channels.get(channel_name)
         tally = Tally()
         if channel is None:
@@ -152,16 +156,22 @@ class Dispatcher:
         burst = self.rate_gate.burst(channel_name) if self.rate_gate is not None else None
         if burst is not None:
             step = min(step, burst)
-        pending: list[tuple[Claimed, SendResult]] = []
+        done: list[tuple[Claimed, SendResult]] = []
+        in_flight: tuple[list[Claimed], Future] | None = None
         for start in range(0, len(ids), step):
             chunk = list(ids[start:start + step])
             if self.rate_gate is not None and not isinstance(channel, LedgerChannel):
                 self.rate_gate(channel_name, len(chunk))
-            claimed = self._record_and_claim(channel, pending, chunk, tally)
-            pending = self._send(channel, claimed) if claimed else []
-        if pending:
-            self._record_and_claim(channel, pending, [], tally)
+            claimed = self._record_and_claim(channel, done, chunk, tally)
+            done = _collect(in_flight)
+            in_flight = self._submit(channel, claimed) if claimed else None
+        done += _collect(in_flight)
+        if done:
+            self._record_and_claim(channel, done, [], tally)
         return tally
+
+    def run_async(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def _open(self, channel: Channel) -> None:
         if channel.name not in self.opened:
@@ -178,9 +188,8 @@ class Dispatcher:
 
     # --- sending -------------------------------------------------------------------------------
 
-    def _send(self, channel: Channel, claimed: list[Claimed]) -> list[tuple[Claimed, SendResult]]:
-        results = self.run_async(_send_all(channel, [c.message for c in claimed]))
-        return list(zip(claimed, results))
+    def _submit(self, channel: Channel, claimed: list[Claimed]) -> tuple[list[Claimed], Future]:
+        return claimed, asyncio.run_coroutine_threadsafe(_send_all(channel, [c.message for c in claimed]), self.loop)
 
     # --- the ledger ----------------------------------------------------------------------------
 
@@ -328,6 +337,13 @@ def _message(row: Mapping[str, Any]) -> Message:
         zone=row["zone"] or "",
         zone_source=row["zone_source"] or "",
     )
+
+
+def _collect(in_flight: tuple[list[Claimed], Future] | None) -> list[tuple[Claimed, SendResult]]:
+    if in_flight is None:
+        return []
+    claimed, future = in_flight
+    return list(zip(claimed, future.result()))
 
 
 async def _send_one(channel: Channel, message: Message) -> SendResult:

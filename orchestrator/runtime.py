@@ -82,7 +82,7 @@ class Runtime:
         self.loop.start(timeout=10)
         gate = RateGate(channel_rates(self.settings), self.settings.broker.rate_url)
         self.dispatcher = Dispatcher(
-            self.settings, self.engine, load_channels(self.settings), self.loop.run_coroutine,
+            self.settings, self.engine, load_channels(self.settings), self.loop.loop,
             rate_gate=gate, now=self.now,
         )
         self.queues.handler = self.dispatcher.deliver
