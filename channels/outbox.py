@@ -10,7 +10,6 @@ import os
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
-from typing import Any
 
 from channels.base import Channel, Message, SendResult
 
@@ -28,8 +27,8 @@ class Memory(Channel):
 class Outbox(Channel):
     """Writes one file per message into `path` (default `var/outbox/<channel>`)."""
 
-    def __init__(self, name: str, path: str = "", **options: Any) -> None:
-        super().__init__(name, **options)
+    def __init__(self, name: str, path: str = "") -> None:
+        super().__init__(name)
         self.path = Path(path or f"var/outbox/{name}")
 
     async def open(self) -> None:

@@ -27,8 +27,8 @@ STATS_FIELDS = ("purchases_count", "total_spent", "last_purchase_at", "avg_purch
 class CallTasks(LedgerChannel):
     parallel = 64
 
-    def __init__(self, name: str, pool: Sequence[str] = (), **options: Any) -> None:
-        super().__init__(name, **options)
+    def __init__(self, name: str, pool: Sequence[str] = ()) -> None:
+        super().__init__(name)
         self.pool = tuple(pool)
 
     def deliver_in(self, conn: Any, message: Message, now: int, policy: Any) -> SendResult:
