@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--channel", choices=["email", "sms", "both"], default="both")
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4, help="worker threads per process")
     parser.add_argument("--batch", type=int, default=100, help="deliveries per broker message")
     parser.add_argument("--connections", type=int, default=8, help="SMTP / HTTP connections per worker process")
     parser.add_argument("--json", action="store_true")
