@@ -604,6 +604,10 @@ def demo(config: ConfigOpt = None, days: Annotated[int, typer.Option(min=1, max=
 # --- entry point -------------------------------------------------------------------------------
 
 
+# Commands kept in their own modules register themselves on `app` when imported.
+from orchestrator import cli_tasks, cli_web  # noqa: E402,F401
+
+
 def main(argv: list[str] | None = None) -> None:
     """Usage errors exit 2 (the framework's standalone mode); ours are printed as one line."""
     try:
