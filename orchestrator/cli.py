@@ -595,7 +595,7 @@ def sample_data(
 @app.command()
 def demo(config: ConfigOpt = None, days: Annotated[int, typer.Option(min=1, max=366)] = 31,
          start: Annotated[str, typer.Option(help="first simulated day")] = "2026-12-01") -> None:
-    """The tour in one command: sample data, import, validate, a plan, and a month simulated."""
+    """The tour in one command: sample data, import, validate, a plan, a month through the pipeline, reports."""
     from orchestrator.demo import run_demo
 
     run_demo(settings_for(config), start=start, days=days)
