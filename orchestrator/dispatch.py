@@ -47,8 +47,10 @@ _CUSTOMER_COLUMNS = (
 )
 # Built once: the claim runs for every few messages, and building a statement costs as much as
 # running it on a warm database.
+_CLAIM_COLUMNS = ("id", "campaign", "customer_id", "channel", "category", "expires_at", "attempts", "zone",
+                  "zone_source", "payload")
 _QUEUED = (
-    sa.select(deliveries)
+    sa.select(*(deliveries.c[name] for name in _CLAIM_COLUMNS))
     .where(deliveries.c.id.in_(sa.bindparam("ids", expanding=True)), deliveries.c.status == "queued")
     .order_by(deliveries.c.id)
 )
