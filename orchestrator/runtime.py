@@ -180,6 +180,7 @@ def supervise(args: list[str], processes: int, stop: threading.Event, env: Mappi
 def _scheduler(settings: Settings, runtime: Runtime):  # type: ignore[no-untyped-def]
     from datetime import datetime, timezone
 
+    from orchestrator.digests import digest_jobs
     from orchestrator.scheduler import CampaignScheduler
 
     def utc_now() -> datetime:
@@ -187,7 +188,8 @@ def _scheduler(settings: Settings, runtime: Runtime):  # type: ignore[no-untyped
 
     return CampaignScheduler(
         settings, runtime.engine, clock=utc_now,
-        periodic=[("pump", settings.dispatch.pump_interval, runtime.pump)],
+        periodic=[("pump", settings.dispatch.pump_interval, runtime.pump),
+                  *digest_jobs(settings, runtime.engine, clock=utc_now)],
     )
 
 

@@ -67,6 +67,19 @@ class General(_Section):
 
 class Web(_Section):
     base_url: str = "http://127.0.0.1:8000"
+    # Shared secret of the SMS gateway's status/inbound hooks; from ORCHESTRATOR_WEB_HOOK_SECRET.
+    # Empty: the hooks refuse every call.
+    hook_secret: str = ""
+    session_lifetime: str = "12h"  # a login lasts this long without activity
+    # Where worker processes write dramatiq's Prometheus metrics (prometheus_client multiprocess
+    # files) for /metrics to collect; empty: $PROMETHEUS_MULTIPROC_DIR or $dramatiq_prom_db if set.
+    metrics_dir: str = ""
+
+    @field_validator("session_lifetime")
+    @classmethod
+    def _lifetime(cls, value: str) -> str:
+        parse_duration(value)
+        return value
 
 
 class Database(_Section):
@@ -245,6 +258,69 @@ class SchedulerSettings(_Section):
         return parse_duration(getattr(self, name))
 
 
+class TasksSettings(_Section):
+    """`[tasks]`: managers' call tasks, their digests and management control (SPEC 9).
+
+    `managers` is a table login → {email, name, timezone}: the morning digest goes to `email` at
+    `digest_time` in `timezone` (default: [general] timezone) on the manager's working days;
+    `marketers` are the emails of the weekly digest of escalated tasks.
+    """
+
+    max_attempts: int = Field(3, ge=1, le=20)                 # no_answer tries, then the task is closed
+    note_max_chars: int = Field(2000, ge=1, le=100_000)       # a longer outcome note is refused
+    unsubscribe_channels: tuple[Literal["phone", "sms", "email"], ...] = ("phone", "sms", "email")
+    orders_window_days: int = Field(30, ge=1, le=366)         # purchases this long after a call count for it
+    no_contact_days: int = Field(90, ge=1, le=3650)           # a manager's client silent longer is listed
+    no_contact_limit: int = Field(100, ge=0, le=100_000)      # clients listed per manager (all are counted)
+    escalate_after_working_days: int = Field(2, ge=0, le=365)
+    digest_time: str = "08:00"                                # morning digest, the manager's local time
+    escalation_digest_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
+    escalation_digest_time: str = "09:00"                     # in [general] timezone
+    digest_grace: Duration = "4h"                             # a digest not sent by then is skipped
+    managers: dict[str, dict[str, str]] = Field(default_factory=dict)
+    marketers: tuple[str, ...] = ()
+
+    @field_validator("digest_time", "escalation_digest_time")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", str(value))
+        if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+            raise ValueError(f"'{value}' is not a time like 08:00")
+        return f"{int(match.group(1)):02d}:{match.group(2)}"
+
+    @field_validator("escalation_digest_day", mode="before")
+    @classmethod
+    def _day(cls, value: Any) -> Any:
+        return value.strip().lower()[:3] if isinstance(value, str) else value
+
+    @field_validator("managers")
+    @classmethod
+    def _managers(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for login, entry in value.items():
+            unknown = sorted(set(entry) - {"email", "name", "timezone"})
+            if unknown:
+                raise ValueError(f"'{login}': unknown key '{unknown[0]}' (email, name, timezone)")
+            if entry.get("email") and not re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+\.[^@\s<>,]+", entry["email"]):
+                raise ValueError(f"'{login}': '{entry['email']}' is not an email address")
+            if entry.get("timezone"):
+                try:
+                    check_zone(entry["timezone"])
+                except ValueError as error:
+                    raise ValueError(f"'{login}': {error}") from None
+        return value
+
+    @field_validator("marketers")
+    @classmethod
+    def _marketers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for email in value:
+            if not re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+\.[^@\s<>,]+", email):
+                raise ValueError(f"'{email}' is not an email address")
+        return value
+
+    def seconds(self, name: str) -> int:
+        return parse_duration(getattr(self, name))
+
+
 class SettingsModel(_Section):
     general: General = General()
     web: Web = Web()
@@ -262,6 +338,7 @@ class SettingsModel(_Section):
     templates: TemplateSettings = TemplateSettings()
     dispatch: DispatchSettings = DispatchSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    tasks: TasksSettings = TasksSettings()
     cities: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("caps")

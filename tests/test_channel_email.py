@@ -417,7 +417,7 @@ def test_settings_from_the_environment_arrive_as_text_and_are_understood(sink: S
         "timeout": "5", "connections": "2",
     })
 
-    assert isinstance(smtp, Smtp) and smtp.parallel == 2
+    assert isinstance(smtp, Smtp) and smtp.pool_size == 2 and smtp.parallel == 4  # two per connection
     assert send(smtp, message())[0].outcome is Outcome.SENT
 
 
