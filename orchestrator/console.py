@@ -74,12 +74,13 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str |
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        grid = Table(title=title, show_lines=False)
+        grid = Table(title=Text(title) if title else None, show_lines=False)
         for header in headers:
-            grid.add_column(header, overflow="fold")
+            grid.add_column(Text(header), overflow="fold")
         for row in rows:
-            grid.add_row(*row)
+            grid.add_row(*(Text(cell) for cell in row))  # customer text is never rich markup
         Console().print(grid)
         return
     if title:
