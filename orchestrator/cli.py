@@ -442,33 +442,126 @@ def deliveries(
 
 
 @app.command()
-def report(campaign: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """The funnel of a campaign per run: targeted, suppressed by reason, planned, sent, failed, unknown."""
-    from orchestrator.report import funnel, sends_per_local_hour
+def report(campaign: str, config: ConfigOpt = None, now: NowOpt = None, as_json: JsonOpt = False) -> None:
+    """A campaign per run: funnel, call outcomes and notes, sends per local hour, purchases within
+    30 days (recipients against the holdout)."""
+    from orchestrator.report import campaign_report
 
     settings = settings_for(config)
-    engine = engine_for(settings)
-    records = funnel(engine, campaign)
-    hours = sends_per_local_hour(engine, campaign)
+    data = campaign_report(engine_for(settings), settings, campaign, now=parse_now(now, settings))
     if as_json:
-        for record in records:
-            console.json_line({"type": "funnel", "campaign": campaign, **record})
-        console.json_line({"type": "local_hours", "campaign": campaign, "hours": hours})
+        _report_json(data)
+    else:
+        _report_text(data)
+
+
+def _report_json(data: dict[str, Any]) -> None:
+    from orchestrator.report import flat_funnel
+
+    name = data["campaign"]
+    for run in data["runs"]:
+        console.json_line({"type": "funnel", "campaign": name, **flat_funnel(run["run"], run["fire_at"], run["funnel"], run["status"])})
+    if data["runs"]:
+        console.json_line({"type": "funnel", "campaign": name, **flat_funnel("all", None, data["funnel"]),
+                           "distinct_customers": data["distinct_customers"]})
+    console.json_line({"type": "calls", "campaign": name, "tasks": data["call_tasks"], "outcomes": data["call_outcomes"],
+                       "per_run": {str(r["run"]): r["call_outcomes"] for r in data["runs"] if r["call_outcomes"]}})
+    for note in data["notes"]:
+        console.json_line({"type": "note", "campaign": name, **note})
+    console.json_line({"type": "local_hours", "campaign": name, "hours": data["sends_per_local_hour"],
+                       "pending": data["pending_per_local_hour"]})
+    for run in data["runs"]:
+        console.json_line({"type": "purchases_after", "campaign": name, "run": run["run"], "fire_at": run["fire_at"],
+                           **run["purchases_after"]})
+    console.json_line({"type": "purchases_after", "campaign": name, "run": "all", **data["purchases_after"]})
+
+
+def _report_text(data: dict[str, Any]) -> None:
+    name = data["campaign"]
+    if not data["runs"]:
+        console.out(f"campaign {name}: no runs yet")
         return
-    if not records:
-        console.out(f"campaign {campaign}: no runs yet")
+    columns = ["targeted", "suppressed", "planned", "queued", "sent", "failed", "unknown", "cancelled"]
+    rows = []
+    for run in [*data["runs"], {"run": "all", "fire_at": "", "status": "", "funnel": data["funnel"]}]:
+        funnel = run["funnel"]
+        counts = [funnel["suppressed_total"] if c == "suppressed" else funnel[c] for c in columns]
+        reasons = ", ".join(f"{k} {v}" for k, v in funnel["suppressed"].items())
+        rows.append([run["run"], run["fire_at"], run["status"], *counts, reasons])
+    holdout = f", holdout {data['holdout']}" if data["holdout"] else ""
+    console.table(["run", "fire_at", "status", *columns, "suppressed by reason"], rows,
+                  title=f"campaign {name}{holdout} ({data['distinct_customers']} distinct customers)")
+    tasks = data["call_tasks"]
+    if tasks["total"]:
+        console.out("")
+        console.out(f"call tasks: {tasks['total']} ({tasks.get('open', 0)} open, {tasks.get('done', 0)} done, "
+                    f"{tasks['without_outcome']} without an outcome yet)")
+        console.out("outcomes: " + (", ".join(f"{k} {v}" for k, v in data["call_outcomes"].items()) or "none yet"))
+        if data["notes"]:
+            shown = len(data["notes"])
+            more = f", newest {shown} of {data['notes_total']}" if data["notes_total"] > shown else ""
+            console.out(f"managers' notes{more}:")
+            for note in data["notes"]:
+                text = " ".join(str(note["note"]).split())  # a note's newlines would break the listing
+                console.out(f"  {note['at']}  {note['manager']}  customer {note['customer_id']}  "
+                            f"[{note['outcome'] or 'no outcome'}]  {text}")
+    console.out("")
+    _hours_text("sent per local hour", data["sends_per_local_hour"])
+    if any(data["pending_per_local_hour"]):
+        _hours_text("waiting, per local hour", data["pending_per_local_hour"])
+    console.out("")
+    _purchases_text(data)
+
+
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def _spark(values: list[float], *, root: bool = False) -> str:
+    """One block character per value, scaled to the largest; `root`: on a square-root scale, so
+    that one very strong month does not flatten the others into the same block."""
+    top = max(values) if values else 0
+    if top <= 0:
+        return _BLOCKS[0] * len(values)
+    scale = (lambda share: share ** 0.5) if root else (lambda share: share)
+    return "".join(_BLOCKS[0] if v <= 0 else _BLOCKS[max(1, round(scale(v / top) * 8))] for v in values)
+
+
+def _hours_text(title: str, hours: list[int]) -> None:
+    console.out(f"{title} (recipients' own clocks): {sum(hours)} in all")
+    console.out("  " + "".join(f"{h:<3d}" for h in range(0, 24, 3)))  # one column per hour
+    console.out("  " + _spark(hours))
+    busy = [f"{h:02d}h {n}" for h, n in enumerate(hours) if n]
+    console.out("  " + (", ".join(busy) or "none"))
+
+
+def _purchases_text(data: dict[str, Any]) -> None:
+    after = data["purchases_after"]
+    window = "" if after["complete"] else (
+        f" — windows still open for run(s) {', '.join(map(str, after['open_runs']))}: counted up to {after['as_of'][:10]}")
+    console.out(f"purchases within {after['window_days']} days after the message{window}")
+    groups = [("contacted", after["contacted"]), ("holdout", after["holdout"]), ("not held out", after["not_held_out"])]
+    console.table(["group", "customers", "buyers", "conversion %", "revenue", "per customer"],
+                  ([label, g["customers"], g["buyers"], _short(g["conversion_pct"]), _short(g["revenue"]),
+                    _short(g["revenue_per_customer"])] for label, g in groups if g is not None))
+    lift = after["uplift"]
+    if lift is None:
+        console.out("uplift: no holdout group (set `holdout: 10%` in the campaign to measure the effect)"
+                    if after["holdout"] is None else "uplift: not measurable yet (an empty group)")
         return
-    columns = ["run", "fire_at", "targeted", "suppressed", "planned", "queued", "sent", "failed", "unknown"]
-    console.table(columns + ["suppressed by reason"],
-                  ([r[c] for c in columns] + [", ".join(f"{k} {v}" for k, v in sorted(r["suppressed_by_reason"].items()))] for r in records),
-                  title=f"campaign {campaign}")
-    if hours:
-        console.out("messages per local hour: " + ", ".join(f"{h:02d}h {n}" for h, n in hours.items()))
+    relative = f" ({lift['conversion_relative_pct']:+.1f}%)" if lift["conversion_relative_pct"] is not None else ""
+    console.out(f"uplift, contacted vs holdout: conversion {lift['conversion_pp']:+.2f} pp{relative}, "
+                f"revenue per customer {lift['revenue_per_customer']:+.2f}, about {lift['incremental_buyers']:g} extra buyers "
+                f"and {lift['incremental_revenue']:+.2f} revenue; p = {lift['p_value']:.3f}")
+    itt = after["uplift_not_held_out"]
+    if itt is not None:
+        console.out(f"uplift, everyone not held out vs holdout (unbiased by consent and caps): "
+                    f"conversion {itt['conversion_pp']:+.2f} pp, p = {itt['p_value']:.3f}")
 
 
 @customer_app.command("show")
 def customer_show(customer_id: str, config: ConfigOpt = None, now: NowOpt = None, as_json: JsonOpt = False) -> None:
-    """The card, the contact history, and per channel when the next message is allowed."""
+    """The card, the seasonal index beside the sleep score, the contact history, and per channel
+    when the next message is allowed."""
     from orchestrator.customer_card import customer_card
 
     settings = settings_for(config)
@@ -478,9 +571,15 @@ def customer_show(customer_id: str, config: ConfigOpt = None, now: NowOpt = None
         return
     history = card.pop("history")
     allowed = card.pop("next_allowed")
+    season = card.pop("seasonal_index", None)
+    sleep = card.pop("sleep", None)
     for key, value in card.items():
         if value not in (None, {}, ""):
             console.out(f"{key:28} {_short(value)}")
+    console.out("")
+    if sleep:
+        console.out(f"sleep score {_short(sleep['score']) if sleep['score'] is not None else '-'} — {sleep['why']}")
+    _season_text(season)
     console.out("")
     console.out("next promo message allowed:")
     for channel, info in allowed.items():
@@ -490,6 +589,16 @@ def customer_show(customer_id: str, config: ConfigOpt = None, now: NowOpt = None
     console.table(["id", "campaign", "channel", "status", "reason", "send_at", "sent_at"],
                   ([h["id"], h["campaign"], h["channel"], h["status"], h["reason"], h["send_at"], h["sent_at"]] for h in history),
                   title="contact history")
+
+
+def _season_text(season: list[dict[str, Any]] | None) -> None:
+    if not season:
+        console.out("seasonal index: no purchase history")
+        return
+    console.out("seasonal index per calendar month (1.0 = an average month; quiet months age the client slowly):")
+    console.out("  " + " ".join(f"{m['name']:>4}" for m in season))
+    console.out("  " + " ".join(f"{m['index']:>4.1f}" for m in season))
+    console.out("  " + " ".join(f"{ch:>4}" for ch in _spark([m["index"] for m in season], root=True)))
 
 
 @app.command()
