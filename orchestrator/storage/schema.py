@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -166,4 +166,27 @@ call_tasks = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Index("ix_call_tasks_manager", "manager", "status", "due_from"),
+)
+
+# The SMS gateway's delivery-status hook finds a row by the provider's message id (web app).  Partial:
+# rows without a provider id (every planned row) cost the planner's inserts nothing.
+deliveries_provider_index = sa.Index(
+    "ix_deliveries_provider", deliveries.c.provider_id,
+    sqlite_where=deliveries.c.provider_id.isnot(None), postgresql_where=deliveries.c.provider_id.isnot(None),
+)
+
+USER_ROLES = ("marketer", "manager")
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("login", sa.String(64), primary_key=True,
+              comment="a manager's login is the customers' and call tasks' `manager` value"),
+    sa.Column("name", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("role", sa.String(16), nullable=False, comment="marketer | manager"),
+    sa.Column("password_hash", sa.Text, nullable=False,
+              comment="scrypt$N$r$p$salt$hash (hashlib.scrypt, per-user salt, base64)"),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
