@@ -679,13 +679,15 @@ def scheduler(config: ConfigOpt = None, now: NowOpt = None, seconds: ForOpt = No
 
 @app.command()
 def up(config: ConfigOpt = None, now: NowOpt = None, seconds: ForOpt = None,
-       threads: Annotated[Optional[int], typer.Option(min=1, max=256)] = None) -> None:
-    """Schedules, pump and workers in one process: the embedded default, nothing else to run."""
+       threads: Annotated[Optional[int], typer.Option(min=1, max=256)] = None,
+       host: Annotated[str, typer.Option(help="web app address")] = "127.0.0.1",
+       port: Annotated[int, typer.Option(min=0, max=65535, help="web app port (0: no web app)")] = 8000) -> None:
+    """Schedules, pump, workers and the web app in one process: the embedded default."""
     from orchestrator.runtime import run_up
 
     settings = settings_for(config)
     clock = _offset_clock(settings, now)
-    run_up(settings, _serve_signals(seconds), now=clock, threads=threads)
+    run_up(settings, _serve_signals(seconds), now=clock, threads=threads, web=(host, port) if port else None)
 
 
 @app.command("sample-data")
@@ -703,11 +705,12 @@ def sample_data(
 
 @app.command()
 def demo(config: ConfigOpt = None, days: Annotated[int, typer.Option(min=1, max=366)] = 31,
-         start: Annotated[str, typer.Option(help="first simulated day")] = "2026-12-01") -> None:
-    """The tour in one command: sample data, import, validate, a plan, a month through the pipeline, reports."""
+         start: Annotated[str, typer.Option(help="first simulated day")] = "2026-12-01",
+         port: Annotated[int, typer.Option(min=0, max=65535, help="web app port at the end (0: do not serve)")] = 8000) -> None:
+    """The tour in one command: sample data, a month through the pipeline, reports, then the web app."""
     from orchestrator.demo import run_demo
 
-    run_demo(settings_for(config), start=start, days=days)
+    run_demo(settings_for(config), start=start, days=days, serve=("127.0.0.1", port) if port else None)
 
 
 # --- entry point -------------------------------------------------------------------------------

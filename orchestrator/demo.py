@@ -30,7 +30,10 @@ def _step(title: str, command: Callable[..., Any], **kwargs: Any) -> int:
     return 0
 
 
-def run_demo(settings: Settings, *, start: str, days: int) -> None:
+DEMO_PASSWORD = "demo-password"
+
+
+def run_demo(settings: Settings, *, start: str, days: int, serve: tuple[str, int] | None = ("127.0.0.1", 8000)) -> None:
     from orchestrator import cli
     from orchestrator.sample import write_sample
 
@@ -56,9 +59,18 @@ def run_demo(settings: Settings, *, start: str, days: int) -> None:
     for name in REPORT_CAMPAIGNS:
         if name in campaigns:
             _step(f"orchestrator report {name}", cli.report, campaign=name, **common)
+    logins = _demo_users(settings)
     console.out("")
     console.out("Next: `orchestrator plan CAMPAIGN` shows every decision; `orchestrator run CAMPAIGN` writes the ledger; "
                 "`orchestrator deliveries` and `orchestrator report CAMPAIGN` show what it holds.")
+    if serve is None:
+        return
+    host, port = serve
+    console.out("")
+    console.out(f"=== the web app: http://{host}:{port}/  (Ctrl-C to stop)")
+    for login, role, password in logins:
+        console.out(f"  {role:9} {login:10} password {password}")
+    _serve(settings, host, port)
 
 
 def _replay(settings: Settings, start: str, days: int) -> None:
@@ -73,6 +85,35 @@ def _replay(settings: Settings, start: str, days: int) -> None:
     console.out(f"{result.runs} runs fired; ledger: " + ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items())))
     for folder in sorted(settings.resolve("var/outbox").glob("*")):
         console.out(f"  {folder}: {sum(1 for _ in folder.iterdir())} messages")
+
+
+def _demo_users(settings: Settings) -> list[tuple[str, str, str]]:
+    """A marketer and the sample data's managers, with one known password (a demo, not a real site)."""
+    from orchestrator import cli
+    from orchestrator.sample import MANAGERS
+    from orchestrator.users import add_user, get_user, set_password
+
+    engine = cli.engine_for(settings)
+    logins = [("marketer", "marketer"), *((name, "manager") for name in MANAGERS)]
+    for login, role in logins:
+        if get_user(engine, login) is None:
+            add_user(engine, login, role, DEMO_PASSWORD, name=login.capitalize())
+        else:
+            set_password(engine, login, DEMO_PASSWORD)
+    return [(login, role, DEMO_PASSWORD) for login, role in logins]
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    from orchestrator.runtime import WebServer, stop_event_on_signals
+
+    stop = stop_event_on_signals()
+    server = WebServer(settings, host, port)
+    server.start()
+    try:
+        while not stop.wait(0.5) and server.thread.is_alive():
+            pass
+    finally:
+        server.stop()
 
 
 def _plan_summary(settings: Settings, name: str, now: str) -> None:

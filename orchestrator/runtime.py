@@ -62,7 +62,8 @@ class Runtime:
         self.now = now
         self.engine = connect(settings.database_url, pre_ping=False)
         self.channel_names = sorted(settings.channels)
-        self.queues = Queues(settings.broker.url, self.channel_names)
+        metrics_dir = str(settings.resolve(settings.web.metrics_dir)) if settings.web.metrics_dir else None
+        self.queues = Queues(settings.broker.url, self.channel_names, metrics_dir=metrics_dir)
         self.worker: dramatiq.Worker | None = None
         self.loop: EventLoopThread | None = None
         self.dispatcher: Dispatcher | None = None
@@ -203,11 +204,43 @@ def run_scheduler(settings: Settings, stop: threading.Event, *, now: Clock = clo
         runtime.stop()
 
 
-def run_up(settings: Settings, stop: threading.Event, *, now: Clock = clock.time, threads: int | None = None) -> None:
-    """`orchestrator up`: schedules, pump and delivery in one process (the embedded default)."""
+class WebServer:
+    """The web app (uvicorn) in a thread of this process, for `up` and `demo`."""
+
+    def __init__(self, settings: Settings, host: str, port: int) -> None:
+        import uvicorn
+
+        from orchestrator.web import create_app
+        from orchestrator.web.app import redact_access_log
+
+        redact_access_log()
+        config = uvicorn.Config(create_app(settings), host=host, port=port, log_config=None,
+                                server_header=False, proxy_headers=True)
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours stop it
+        self.thread = threading.Thread(target=self.server.run, name="web", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def run_up(settings: Settings, stop: threading.Event, *, now: Clock = clock.time, threads: int | None = None,
+           web: tuple[str, int] | None = None) -> None:
+    """`orchestrator up`: schedules, pump, delivery and the web app in one process (the embedded
+    default); `web=None` leaves the web app out."""
     runtime = Runtime(settings, now=now)
     runtime.start_delivery(threads)
+    server = WebServer(settings, *web) if web else None
+    if server is not None:
+        server.start()
+        log.info("web app on http://%s:%d", *web)
     try:
         _scheduler(settings, runtime).run_until(stop)
     finally:
+        if server is not None:
+            server.stop()
         runtime.stop()

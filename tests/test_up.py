@@ -40,7 +40,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_up_fires_a_missed_run_within_grace_and_delivers_into_the_outbox(example: Path) -> None:
     # 20 minutes after the monthly offer's fire time: the scheduler catches it up and the
     # in-process workers deliver what is due; the rest waits in the ledger for its local time.
-    done = orchestrator(example, "up", "--now", "2026-12-15T12:20", "--for", "12")
+    done = orchestrator(example, "up", "--now", "2026-12-15T12:20", "--for", "12", "--port", "0")
     assert done.returncode == 0, done.stderr[-2000:]
     logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert any("preferred-category-offer" in entry["msg"] and "late" in entry["msg"] for entry in logs)
@@ -57,11 +57,25 @@ def test_up_fires_a_missed_run_within_grace_and_delivers_into_the_outbox(example
     assert "+79" not in done.stderr and "@example" not in done.stderr
 
 
-def test_up_stops_cleanly_on_sigterm(example: Path) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "orchestrator", "up"], cwd=example,
+def test_up_serves_the_web_app_and_stops_cleanly_on_sigterm(example: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "--port", str(port)], cwd=example,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO)})
-    time.sleep(4)
+    deadline = time.monotonic() + 60
+    status = None
+    while time.monotonic() < deadline and status is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                status = answer.status
+        except OSError:
+            time.sleep(0.3)
+    assert status == 200
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err[-2000:]
