@@ -53,13 +53,8 @@ def _check_manager(engine: "Engine", settings: "Settings", manager: str | None) 
 
 
 def _cells(rows: Iterable[Iterable[Any]]) -> list[list[Any]]:
-    """Customer text in a rich table on a terminal must not be read as markup (`[b]`, `[/x]`)."""
-    rows = [["" if cell is None else str(cell) for cell in row] for row in rows]
-    if not sys.stdout.isatty():
-        return rows
-    from rich.markup import escape
-
-    return [[escape(cell) for cell in row] for row in rows]
+    """Rows as text (console.table shows cells as text, never as rich markup)."""
+    return [["" if cell is None else str(cell) for cell in row] for row in rows]
 
 
 def _title(text: str) -> str:

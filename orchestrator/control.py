@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 from orchestrator.settings import Settings
 from orchestrator.storage.schema import call_tasks, customers, deliveries, purchases
 from orchestrator.tasks import (
-    OUTCOMES, STATUSES, as_epoch, contact_times, iso, known_managers, local_iso, window_text,
+    OUTCOMES, STATUSES, as_epoch, contact_times, events_of, iso, known_managers, local_iso, window_text,
     working_days_overdue, zone_note, tz_of,
 )
 
@@ -73,8 +73,8 @@ def _tasks(conn: Connection, manager: str | None) -> list[Mapping[str, Any]]:
     query = sa.select(
         call_tasks.c.id, call_tasks.c.campaign, call_tasks.c.customer_id, call_tasks.c.manager,
         call_tasks.c.status, call_tasks.c.due_from, call_tasks.c.due_until, call_tasks.c.zone,
-        call_tasks.c.zone_source, call_tasks.c.outcome, call_tasks.c.note, call_tasks.c.attempts,
-        customers.c.name.label("customer_name"),
+        call_tasks.c.zone_source, call_tasks.c.outcome, call_tasks.c.note, call_tasks.c.history,
+        call_tasks.c.attempts, customers.c.name.label("customer_name"),
     ).select_from(call_tasks.outerjoin(customers, customers.c.id == call_tasks.c.customer_id)).order_by(call_tasks.c.id)
     if manager is not None:
         query = query.where(call_tasks.c.manager == manager)
@@ -123,12 +123,13 @@ def _no_contact(conn: Connection, settings: Settings, manager: str | None, now: 
     # Calls in which the client was spoken to, by any manager, are contacts too.
     spoken: dict[str, int] = {}
     rows = conn.execute(
-        sa.select(call_tasks.c.customer_id, call_tasks.c.note)
-        .where(call_tasks.c.note.is_not(None),
+        sa.select(call_tasks.c.customer_id, call_tasks.c.note, call_tasks.c.history)
+        .where(call_tasks.c.outcome.is_not(None),
                call_tasks.c.customer_id.in_(sa.select(customers.c.id).where(_managed(manager))))
     )
-    for customer_id, note in rows:
-        times = [t for t in contact_times(note) if t <= now]
+    for row in rows:
+        customer_id = row.customer_id
+        times = [t for t in contact_times(events_of(row._mapping)) if t <= now]
         if times:
             spoken[customer_id] = max(spoken.get(customer_id, 0), max(times))
     silent: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
@@ -195,7 +196,7 @@ def control_report(
         no_contact_counts, no_contact_lists = _no_contact(conn, settings, manager, at)
         calls: dict[str, list[tuple[int, date]]] = defaultdict(list)
         for row in task_rows:
-            times = [t for t in contact_times(row["note"]) if t <= at]
+            times = [t for t in contact_times(events_of(row)) if t <= at]
             if times:
                 calls[row["customer_id"]].append((row["id"], datetime.fromtimestamp(min(times), tz_of(row["zone"])).date()))
         orders = _orders(conn, calls, window)

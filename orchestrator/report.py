@@ -263,15 +263,16 @@ def _calls(conn: Connection, campaign: str, notes_limit: int) -> tuple[dict[Any,
     """Outcomes per run and in total (each task counted by its latest outcome), task states, the
     newest notes and how many notes there are.
 
-    `call_tasks.note` holds the task's history (orchestrator.tasks: every recorded outcome with
-    its own note and time); every event with a note is one note here, with that event's outcome
+    `call_tasks.history` holds every recorded outcome with its own note and time
+    (orchestrator.tasks); every event with a note is one note here, with that event's outcome
     and time.  A plain-text note (written by something else) is one note at the task's last change.
     """
-    from orchestrator.tasks import history_of
+    from orchestrator.tasks import events_of
 
     query = (
         sa.select(call_tasks.c.id, call_tasks.c.customer_id, call_tasks.c.manager, call_tasks.c.status,
-                  call_tasks.c.outcome, call_tasks.c.note, call_tasks.c.updated_at, deliveries.c.run_id)
+                  call_tasks.c.outcome, call_tasks.c.note, call_tasks.c.history, call_tasks.c.updated_at,
+                  deliveries.c.run_id)
         .select_from(call_tasks.outerjoin(deliveries, deliveries.c.id == call_tasks.c.delivery_id))
         .where(call_tasks.c.campaign == campaign)
     )
@@ -280,7 +281,7 @@ def _calls(conn: Connection, campaign: str, notes_limit: int) -> tuple[dict[Any,
     states: dict[str, int] = {"total": 0, "open": 0, "done": 0, "closed": 0, "without_outcome": 0}
     notes: list[tuple[str, int, int, dict[str, Any]]] = []  # a min-heap of the newest notes_limit
     total_notes = 0
-    for task_id, customer_id, manager, status, outcome, note, updated_at, run_id in conn.execute(query):
+    for task_id, customer_id, manager, status, outcome, note, history, updated_at, run_id in conn.execute(query):
         states["total"] += 1
         states[status] = states.get(status, 0) + 1
         if outcome:
@@ -289,7 +290,7 @@ def _calls(conn: Connection, campaign: str, notes_limit: int) -> tuple[dict[Any,
             run_outcomes[outcome] = run_outcomes.get(outcome, 0) + 1
         else:
             states["without_outcome"] += 1
-        for number, event in enumerate(history_of(note)):
+        for number, event in enumerate(events_of({"note": note, "history": history})):
             text = event.get("note")
             if not isinstance(text, str) or not text.strip():
                 continue

@@ -27,11 +27,10 @@ out; from then on it belongs to the manager:
   `done` means the manager talked to the client; `closed` means the task ended without a
   conversation.  Outcomes are recorded on open tasks only.
 
-Where the history lives: the schema has no history column, so `call_tasks.note` holds a JSON
-document `{"v": 1, "history": [event, ...]}` (each event: at, actor, outcome, note, status,
-attempts, due_from, due_until; or `event: closed` with the reason) and `call_tasks.outcome` the
-latest outcome.  The API returns `note` (the note of the latest outcome) and `history`; a
-`note` column holding plain text (written by something else) reads as one legacy event.
+Where the history lives: `call_tasks.history` holds the events, oldest first (each: at, actor,
+outcome, note, status, attempts, due_from, due_until; or `event: closed` with the reason),
+`call_tasks.outcome` and `call_tasks.note` the latest outcome and its note.  A task without
+history whose `note` holds text (written by something else) reads as one legacy event.
 
 Access: `actor` is a manager login acting on their own tasks; another manager's task is
 `NotFound`, word for word like a task that does not exist.  `actor=None` is the marketer (or the
@@ -65,7 +64,6 @@ CONTACT_OUTCOMES: frozenset[str] = frozenset({"reached", "ordered", "callback", 
 _FINAL_STATUS = {"reached": "done", "ordered": "done", "refused": "done", "unsubscribe": "done", "wrong_number": "closed"}
 PENDING_STATES = ("planned", "queued")
 UNSUBSCRIBABLE = ("phone", "sms", "email")
-HISTORY_VERSION = 1
 HISTORY_LIMIT = 100          # events kept per task (the first one and the latest ones)
 MAX_CALLBACK_DAYS = 366
 WINDOW_SEARCH_DAYS = 60      # how far ahead a calling window is looked for
@@ -255,8 +253,16 @@ def calling_hours_text(settings: Settings) -> str:
 # --- history ----------------------------------------------------------------------------------
 
 
+def events_of(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The outcome events of a task row (see the module docstring)."""
+    history = row.get("history")
+    if isinstance(history, list):
+        return [event for event in history if isinstance(event, dict)]
+    return history_of(row.get("note"))
+
+
 def history_of(note: str | None) -> list[dict[str, Any]]:
-    """The outcome events kept in `call_tasks.note` (see the module docstring)."""
+    """Events from a `note` written before the history column existed (JSON or plain text)."""
     if not note:
         return []
     if note.startswith('{"v"'):
@@ -269,16 +275,16 @@ def history_of(note: str | None) -> list[dict[str, Any]]:
     return [{"at": None, "actor": None, "outcome": None, "note": note}]
 
 
-def _history_text(events: list[dict[str, Any]]) -> str:
+def _trimmed(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if len(events) > HISTORY_LIMIT:
         events = events[:1] + events[-(HISTORY_LIMIT - 1):]
-    return json.dumps({"v": HISTORY_VERSION, "history": events}, ensure_ascii=False)
+    return events
 
 
-def contact_times(note: str | None) -> list[int]:
+def contact_times(events: list[dict[str, Any]]) -> list[int]:
     """When the client was spoken to in this task (events with a contact outcome), as epochs."""
     times = []
-    for event in history_of(note):
+    for event in events:
         if event.get("outcome") in CONTACT_OUTCOMES and event.get("at"):
             try:
                 times.append(int(datetime.fromisoformat(str(event["at"]).replace("Z", "+00:00")).timestamp()))
@@ -350,7 +356,7 @@ def _card(row: Mapping[str, Any], now: int) -> dict[str, Any]:
 
 def task_record(row: Mapping[str, Any], settings: Settings, now: int) -> dict[str, Any]:
     """The public shape of a task (list_tasks, get_task, record_outcome, the web pages)."""
-    history = history_of(row["note"])
+    history = events_of(row)
     latest = next((event for event in reversed(history) if event.get("outcome")), None)
     overdue = row["status"] == "open" and now >= row["due_until"]
     late_days = working_days_overdue(row["due_until"], now, row["zone"], settings) if overdue else 0
@@ -542,16 +548,16 @@ def _event(at: int, actor: str | None, **fields: Any) -> dict[str, Any]:
 def _close_others(conn: Connection, task: Mapping[str, Any], at: int, actor: str | None, why: str) -> list[int]:
     """Other open tasks of the same customer can no longer be done: closed, with the reason."""
     others = conn.execute(
-        sa.select(call_tasks.c.id, call_tasks.c.note).where(
+        sa.select(call_tasks.c.id, call_tasks.c.note, call_tasks.c.history).where(
             call_tasks.c.customer_id == task["customer_id"], call_tasks.c.status == "open", call_tasks.c.id != task["id"]
         ).order_by(call_tasks.c.id)
     ).all()
-    for other_id, note in others:
-        events = history_of(note) + [_event(at, actor, event="closed", outcome=None, status="closed",
-                                            note=f"{why} (task {task['id']})")]
-        conn.execute(call_tasks.update().where(call_tasks.c.id == other_id, call_tasks.c.status == "open")
-                     .values(status="closed", note=_history_text(events), updated_at=at))
-    return [other_id for other_id, _ in others]
+    for other in others:
+        events = events_of(other._mapping) + [_event(at, actor, event="closed", outcome=None, status="closed",
+                                                     note=f"{why} (task {task['id']})")]
+        conn.execute(call_tasks.update().where(call_tasks.c.id == other.id, call_tasks.c.status == "open")
+                     .values(status="closed", history=_trimmed(events), updated_at=at))
+    return [other.id for other in others]
 
 
 def _unsubscribe_in(conn: Connection, customer_id: str, channel: str, at: int, detail: str) -> int:
@@ -629,7 +635,7 @@ def _apply(
                    due_from=iso(due_from) if status == "open" else None,
                    due_until=iso(due_until) if status == "open" else None)
     values.update(status=status, attempts=attempts, due_from=due_from, due_until=due_until,
-                  note=_history_text(history_of(task["note"]) + [event]))
+                  note=note, history=_trimmed(events_of(task) + [event]))
     conn.execute(call_tasks.update().where(call_tasks.c.id == task_id).values(**values))
     return effects
 

@@ -108,7 +108,13 @@ def _v3(conn: Connection) -> None:
     schema.deliveries_provider_index.create(conn, checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(conn: Connection) -> None:
+    """Call tasks keep their outcome history in a column of its own."""
+    if "history" not in {column["name"] for column in sa.inspect(conn).get_columns("call_tasks")}:
+        conn.execute(sa.text("ALTER TABLE call_tasks ADD COLUMN history JSON"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 
 def current_version(conn: Connection) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 
@@ -162,7 +162,8 @@ call_tasks = sa.Table(
     sa.Column("card", sa.JSON, comment="the customer's card when the task was made"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("outcome", sa.String(16)),
-    sa.Column("note", sa.Text),
+    sa.Column("note", sa.Text, comment="the note of the latest outcome"),
+    sa.Column("history", sa.JSON, comment="every outcome and closing, oldest first (orchestrator.tasks)"),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Index("ix_call_tasks_manager", "manager", "status", "due_from"),
