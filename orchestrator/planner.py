@@ -28,7 +28,7 @@ from orchestrator.campaigns import Campaign, CampaignFile
 from orchestrator.errors import NotFound, TemplateError
 from orchestrator.links import cabinet_link, unsubscribe_link
 from orchestrator.policy.caps import Sent
-from orchestrator.policy.consent import Recipient, recipient_of
+from orchestrator.policy.consent import recipient_of
 from orchestrator.policy.decide import Decision, DecisionCache, PolicyContext, Rules
 from orchestrator.settings import Settings
 from orchestrator.storage.engine import write_transaction
