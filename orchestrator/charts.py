@@ -168,6 +168,9 @@ def hours_svg(report: dict[str, Any]) -> str:
         x_title="local hour of the recipient", show_minor_y_labels=True,
     ))
     chart.x_labels = [f"{hour:02d}" for hour in range(24)]
+    top = max((s + p for s, p in zip(sent, pending)), default=0)
+    step = max(1, -(-top // 6))
+    chart.y_labels = list(range(0, top + step + 1, step))  # counts: whole numbers only
     if any(sent) or with_pending:
         chart.add("sent", sent)
         if with_pending:
