@@ -162,15 +162,15 @@ def hours_svg(report: dict[str, Any]) -> str:
     pending = [int(n) for n in report.get("pending_per_local_hour") or [0] * 24]
     title = f"Sends per local hour: {report['campaign']}"
     with_pending = any(pending)
+    top = max((s + p for s, p in zip(sent, pending)), default=0)
+    step = max(1, -(-top // 6))
+    whole = {"y_labels": list(range(0, top + step + 1, step))} if top else {}  # counts: whole numbers
     chart = pygal.StackedBar(**_config(
-        title=title, height=280, show_legend=with_pending, legend_at_bottom=True, legend_at_bottom_columns=2,
+        **whole, title=title, height=280, show_legend=with_pending, legend_at_bottom=True, legend_at_bottom_columns=2,
         style=_style([COLORS["sent"], COLORS["pending"]]), x_labels_major_every=3, show_minor_x_labels=False,
         x_title="local hour of the recipient", show_minor_y_labels=True,
     ))
     chart.x_labels = [f"{hour:02d}" for hour in range(24)]
-    top = max((s + p for s, p in zip(sent, pending)), default=0)
-    step = max(1, -(-top // 6))
-    chart.y_labels = list(range(0, top + step + 1, step))  # counts: whole numbers only
     if any(sent) or with_pending:
         chart.add("sent", sent)
         if with_pending:
