@@ -708,9 +708,9 @@ def demo(config: ConfigOpt = None, days: Annotated[int, typer.Option(min=1, max=
          start: Annotated[str, typer.Option(help="first simulated day")] = "2026-12-01",
          port: Annotated[int, typer.Option(min=0, max=65535, help="web app port at the end (0: do not serve)")] = 8000) -> None:
     """The tour in one command: sample data, a month through the pipeline, reports, then the web app."""
-    from orchestrator.demo import run_demo
+    from orchestrator.demo import demo_settings, run_demo
 
-    run_demo(settings_for(config), start=start, days=days, serve=("127.0.0.1", port) if port else None)
+    run_demo(demo_settings(settings_for(config)), start=start, days=days, serve=("127.0.0.1", port) if port else None)
 
 
 # --- entry point -------------------------------------------------------------------------------

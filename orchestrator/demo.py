@@ -31,6 +31,27 @@ def _step(title: str, command: Callable[..., Any], **kwargs: Any) -> int:
 
 
 DEMO_PASSWORD = "demo-password"
+DEMO_SECRET_FILE = "var/demo-secret-key"
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """Without a secret key, unsubscribe links cannot be signed: the demo makes one for this
+    workspace (kept in var/, so links in the outbox stay valid across runs) rather than showing a
+    newcomer links that do not work.  A configured key is always used as it is."""
+    import os
+    import secrets
+
+    from orchestrator.settings import load_settings
+
+    if settings.general.secret_key:
+        return settings
+    path = settings.resolve(DEMO_SECRET_FILE)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+        path.chmod(0o600)
+    console.out(f"demo: no [general] secret_key, so unsubscribe links are signed with the key in {path}")
+    return load_settings(settings.path, environ={**os.environ, "ORCHESTRATOR_GENERAL_SECRET_KEY": path.read_text(encoding="utf-8").strip()})
 
 
 def run_demo(settings: Settings, *, start: str, days: int, serve: tuple[str, int] | None = ("127.0.0.1", 8000)) -> None:
