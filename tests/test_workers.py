@@ -150,6 +150,7 @@ def test_kill_9_of_a_worker_mid_campaign_sends_nothing_twice(tmp_path: Path, pg_
             time.sleep(0.1)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
+        time.sleep(1)  # a COMMIT the worker wrote just before it died still lands: let it
         in_flight = statuses(engine)["sending"]
     finally:
         runtime.stop()
@@ -165,9 +166,9 @@ def test_kill_9_of_a_worker_mid_campaign_sends_nothing_twice(tmp_path: Path, pg_
     with engine.connect() as conn:
         sent = {str(r.id) for r in conn.execute(sa.select(deliveries.c.id).where(deliveries.c.status == "sent"))}
     assert sent <= set(received)
-    # Only what was in flight when the worker died is unknown (at most threads x the channel's
-    # parallel sends); everything else went out, once.
-    assert found["unknown"] == in_flight <= 4 * 20
+    # Only what was in flight when the worker died is unknown (at most threads x two chunks of
+    # the channel's parallel sends); everything else went out, once.
+    assert found["unknown"] == in_flight <= 4 * 2 * 20
     assert found["sent"] == 400 - in_flight
 
 
