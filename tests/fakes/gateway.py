@@ -36,8 +36,6 @@ import argparse
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -46,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl
+
+from tests.fakes.process import ServerProcess
 
 CONTROL_PATH = "/_control"
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
@@ -349,44 +349,23 @@ class FakeGateway:
         await server.shutdown()
 
 
-class GatewayProcess:
+class GatewayProcess(ServerProcess):
     """The gateway as a separate process, which survives when the process under test is killed."""
 
+    what = "fake gateway"
+
     def __init__(self, port: int = 0, log: str | Path | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.port, self.log, self.host = port, log, host
         self.url = ""
-        self.process: subprocess.Popen[str] | None = None
 
-    def start(self, timeout: float = 10) -> str:
-        command = [sys.executable, "-m", "tests.fakes.gateway", "--host", self.host, "--port", str(self.port)]
-        if self.log:
-            command += ["--log", str(self.log)]
-        root = Path(__file__).resolve().parents[2]
-        self.process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True)
-        line = _read_line(self.process, timeout)
-        if not line.startswith("ready "):
-            self.stop()
-            raise RuntimeError(f"the fake gateway process did not start: {line!r}")
-        self.url = line.split(" ", 1)[1].strip()
+    def command(self) -> list[str]:
+        return ["-m", "tests.fakes.gateway", "--host", self.host, "--port", str(self.port),
+                *(["--log", str(self.log)] if self.log else [])]
+
+    def started(self) -> str:
+        self.url = self.ready
         return self.url
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
-
-    def __enter__(self) -> "GatewayProcess":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def requests(self) -> list[dict[str, Any]]:
@@ -394,15 +373,6 @@ class GatewayProcess:
 
     def control(self, **command: Any) -> None:
         control(self.url, **command)
-
-
-def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
-    """The first line of the child's stdout, without hanging forever if it never comes."""
-    result: list[str] = []
-    reader = threading.Thread(target=lambda: result.append(process.stdout.readline() if process.stdout else ""))
-    reader.start()
-    reader.join(timeout)
-    return result[0] if result else ""
 
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -64,8 +64,6 @@ import os
 import re
 import signal
 import ssl
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -77,6 +75,8 @@ from typing import IO, Any
 
 from aiosmtpd.smtp import SMTP as _AiosmtpdSMTP
 from aiosmtpd.smtp import DATA_SIZE_DEFAULT, MISSING, AuthResult, Envelope, LoginPassword, Session
+
+from tests.fakes.process import ServerProcess
 
 HOSTNAME = "sink.test"
 DEFAULT_SLOW_SECONDS = 10.0
@@ -596,61 +596,31 @@ class JsonLinesWriter:
             self.flush()
 
 
-class SinkProcess:
+class SinkProcess(ServerProcess):
     """The sink as a separate process, which survives when the process under test is killed."""
+
+    what = "SMTP sink"
 
     def __init__(self, out: str | Path, port: int = 0, host: str = "127.0.0.1",
                  extra_args: Iterable[str] = ()) -> None:
+        super().__init__()
         self.out, self.port, self.host = Path(out), port, host
         self.extra_args = list(extra_args)
         self.address: tuple[str, int] = (host, port)
-        self.process: subprocess.Popen[str] | None = None
 
-    def start(self, timeout: float = 10) -> tuple[str, int]:
-        command = [sys.executable, "-m", "tests.fakes.smtp_sink", "--host", self.host, "--port", str(self.port),
-                   "--out", str(self.out), *self.extra_args]
-        root = Path(__file__).resolve().parents[2]
-        self.process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True)
-        line = _read_line(self.process, timeout)
-        if not line.startswith("ready "):
-            self.stop()
-            raise RuntimeError(f"the SMTP sink process did not start: {line!r}")
-        _, host, port = line.split()
+    def command(self) -> list[str]:
+        return ["-m", "tests.fakes.smtp_sink", "--host", self.host, "--port", str(self.port),
+                "--out", str(self.out), *self.extra_args]
+
+    def started(self) -> tuple[str, int]:
+        host, port = self.ready.split()
         self.address = (host, int(port))
         return self.address
-
-    def stop(self) -> None:
-        """SIGTERM (the sink flushes its file), then SIGKILL if it does not go within 10 s."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
-
-    def __enter__(self) -> "SinkProcess":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def messages(self) -> list[Received]:
         """What the sink wrote so far (up to FLUSH_INTERVAL behind while it runs)."""
         return read_messages(self.out) if self.out.exists() else []
-
-
-def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
-    """The first line of the child's stdout, without hanging forever if it never comes."""
-    result: list[str] = []
-    reader = threading.Thread(target=lambda: result.append(process.stdout.readline() if process.stdout else ""))
-    reader.start()
-    reader.join(timeout)
-    return result[0] if result else ""
 
 
 async def _serve_process(config: SinkConfig, out: str, failures: Failures) -> None:
