@@ -127,7 +127,10 @@ def detect_encoding(sample: bytes, path: Path) -> str:
 
 
 def _first_line(sample: bytes, codec: str) -> str:
-    text = sample.decode(codec, errors="replace")
+    try:
+        text = sample.decode(codec, errors="replace")
+    except UnicodeError:  # utf-16 without a byte order mark fails even with errors="replace"
+        return ""
     return text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
 
 
@@ -162,10 +165,11 @@ def _check(path: Path, codec: str, delimiter: str) -> tuple[str, ...]:
                     if row and any(cell.strip() for cell in row):
                         header = row
                     continue
-    except UnicodeDecodeError as error:
+    except UnicodeError as error:  # UnicodeDecodeError, or utf-16 without a byte order mark
         line = _line_of_bad_byte(path, codec)
+        reason = getattr(error, "reason", None) or str(error)
         raise ImportFileError(
-            f"bytes that are not {codec} ({error.reason}): give the encoding with --encoding",
+            f"bytes that are not {codec} ({reason}): give the encoding with --encoding",
             file=path, line=line,
         ) from None
     except csv.Error as error:
@@ -187,8 +191,8 @@ def _line_of_bad_byte(path: Path, codec: str) -> int | None:
         while chunk := handle.read(1 << 20):
             try:
                 decoder.decode(chunk)
-            except UnicodeDecodeError as error:
-                position = max(0, error.start)
+            except UnicodeError as error:
+                position = max(0, getattr(error, "start", 0))
                 return line + chunk[:position].count(b"\n")
             line += chunk.count(b"\n")
             offset += len(chunk)

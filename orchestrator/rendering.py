@@ -166,12 +166,23 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         super().__init__(**options)
         self.max_chars = max_chars
         self.globals["range"] = _budgeted_range
+        self.globals["lipsum"] = self._bounded_lipsum
         for name in ("replace", "center", "indent", "wordwrap", "truncate"):
             self.filters[name] = self._bounded_filter(self.filters[name], name)
         self.filters["join"] = self._join_filter()
         self.filters["format"] = self._format_filter()
 
     # --- limits ---
+
+    def _bounded_lipsum(self, n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+        """Jinja's `lipsum`, refused before it builds more text than a message may hold
+        (`lipsum(10**6)` would otherwise run for minutes)."""
+        from jinja2.utils import generate_lorem_ipsum
+
+        self.check_ints((n, min, max))
+        if type(n) is int and type(max) is int:
+            self.check_size(n * max * 16)  # words are at most 14 letters, plus space and comma
+        return self.checked_length(str(generate_lorem_ipsum(n, html, min, max)))
 
     def check_size(self, size: int) -> None:
         if size > self.max_chars:
@@ -822,7 +833,7 @@ class Renderer:
         try:
             return env.get_template(relative)
         except TemplateSyntaxError as exc:
-            raise self._syntax_error(exc) from None
+            raise self._syntax_error(exc, relative) from None
         except UnicodeDecodeError:
             raise TemplateError(
                 "the template is not UTF-8 text", file=self._display(relative)
@@ -843,14 +854,14 @@ class Renderer:
         try:
             referenced = list(find_referenced_templates(env.parse(source, name, template.filename)))
         except TemplateSyntaxError as exc:
-            raise self._syntax_error(exc) from None
+            raise self._syntax_error(exc, name) from None
         for other in referenced:
             if other is None:
                 continue
             try:
                 env.get_template(other)
             except TemplateSyntaxError as exc:
-                raise self._syntax_error(exc) from None
+                raise self._syntax_error(exc, other) from None
             except TemplateNotFound:
                 raise TemplateError(
                     f"included template not found: expected {self._display(other)}",
@@ -981,10 +992,10 @@ class Renderer:
             self._too_large_message(), file=self._relative(template.filename), line=line
         )
 
-    def _syntax_error(self, exc: TemplateSyntaxError) -> TemplateError:
-        return TemplateError(
-            f"syntax error: {exc.message}", file=self._relative(exc.filename), line=exc.lineno
-        )
+    def _syntax_error(self, exc: TemplateSyntaxError, relative: str | None = None) -> TemplateError:
+        # Some lexer errors (an unclosed {# or {% raw %}) come without a file name: use the one loaded.
+        file = self._relative(exc.filename) or (self._display(relative) if relative else None)
+        return TemplateError(f"syntax error: {exc.message}", file=file, line=exc.lineno)
 
     def _render_error(self, exc: BaseException, template: Template) -> TemplateError:
         if isinstance(exc, TemplateSyntaxError):

@@ -45,7 +45,7 @@ def parse_duration(text: str) -> int:
 def check_zone(name: str) -> str:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
         raise ValueError(f"'{name}' is not a time zone name (like Europe/Moscow)") from None
     return name
 
@@ -243,7 +243,7 @@ class DispatchSettings(_Section):
     retry_base: Duration = "30s"      # first retry of a transient error; doubles, with jitter
     retry_max: Duration = "1h"
     max_attempts: int = Field(6, ge=1, le=100)
-    worker_threads: int = Field(8, ge=1, le=256)
+    worker_threads: int = Field(2, ge=1, le=256)  # two overlap ledger and network best (docs/PERFORMANCE.md)
     processes: int = Field(1, ge=1, le=64, description="worker processes started by `worker`")
 
     def seconds(self, name: str) -> int:
@@ -493,7 +493,9 @@ def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[tup
                 key = rest[len(prefix):]
                 target = data
                 for part in section:
-                    target = target.setdefault(part, {})
+                    target = target.setdefault(part, {}) if isinstance(target, dict) else None
+                if not isinstance(target, dict):
+                    break  # the file has a value where a table belongs: its own error follows
                 target[key] = _env_value(value)
                 applied.append((variable, section + (key,)))
                 break
@@ -504,7 +506,7 @@ def _env_value(text: str) -> Any:
     """Environment values are text; TOML syntax (numbers, booleans, lists) is honoured when valid."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
 
 
@@ -538,6 +540,8 @@ def load_settings(config: str | Path | None = None, environ: Mapping[str, str] |
             raise ConfigError(
                 f"not valid TOML: {message}", file=path, line=int(match.group(1)) if match else None
             ) from None
+        except RecursionError:
+            raise ConfigError("not valid TOML: nested too deeply", file=path) from None
     applied = _env_overrides(data, environ)
     try:
         model = SettingsModel.model_validate(data)

@@ -45,12 +45,40 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
-def _walk(node: yaml.Node, loader: _Loader, loc: Loc, lines: dict[Loc, int]) -> Any:
+# Aliases let a few lines stand for an exponential number of values ("billion laughs") or for a
+# value that contains itself; nesting can exhaust the stack.  All three are refused.
+MAX_VALUES = 100_000
+MAX_DEPTH = 100
+
+
+def _construct(node: yaml.Node, loader: _Loader) -> Any:
+    """A scalar (or key) value; a value the tag cannot hold (`!!timestamp 2020-13-45`, an int of
+    5000 digits) is an error at its line, not a traceback."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise InputError(f"not valid YAML: {error}", line=node.start_mark.line + 1) from None
+
+
+def _walk(node: yaml.Node, loader: _Loader, loc: Loc, lines: dict[Loc, int],
+          budget: list[int] | None = None, stack: tuple[int, ...] = ()) -> Any:
     lines.setdefault(loc, node.start_mark.line + 1)
+    budget = budget if budget is not None else [MAX_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise InputError(f"more than {MAX_VALUES} values (aliases expanding too far?)",
+                         line=node.start_mark.line + 1)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if id(node) in stack:
+            raise InputError("an alias refers to a value that contains it",
+                             line=node.start_mark.line + 1)
+        if len(stack) >= MAX_DEPTH:
+            raise InputError(f"nested more than {MAX_DEPTH} levels deep", line=node.start_mark.line + 1)
+        stack = stack + (id(node),)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            key = _construct(key_node, loader)
             if not isinstance(key, (str, int, float, bool)):
                 raise InputError(
                     "a key must be a plain word", line=key_node.start_mark.line + 1
@@ -61,21 +89,26 @@ def _walk(node: yaml.Node, loader: _Loader, loc: Loc, lines: dict[Loc, int]) -> 
                 )
             key = str(key) if not isinstance(key, bool) else key
             lines[loc + (key,)] = key_node.start_mark.line + 1
-            out[key] = _walk(value_node, loader, loc + (key,), lines)
+            out[key] = _walk(value_node, loader, loc + (key,), lines, budget, stack)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for index, item in enumerate(node.value):
             lines[loc + (index,)] = item.start_mark.line + 1
-            items.append(_walk(item, loader, loc + (index,), lines))
+            items.append(_walk(item, loader, loc + (index,), lines, budget, stack))
         return items
-    return loader.construct_object(node, deep=True)
+    return _construct(node, loader)
 
 
 def parse_yaml(text: str, *, file: str | Path) -> tuple[Any, LineMap]:
     """Parse YAML text; syntax errors become one InputError naming file and line."""
-    loader = _Loader(text)
     lines: dict[Loc, int] = {}
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as error:  # control characters (NUL, ...) are refused at once
+        line = text.count("\n", 0, error.position) + 1
+        raise InputError(f"not valid YAML: character #x{error.character:04x} is not allowed",
+                         file=file, line=line) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -91,6 +124,8 @@ def parse_yaml(text: str, *, file: str | Path) -> tuple[Any, LineMap]:
         raise InputError(f"not valid YAML: {problem}", file=file, line=line) from None
     except yaml.YAMLError as error:
         raise InputError(f"not valid YAML: {error}", file=file) from None
+    except RecursionError:
+        raise InputError("not valid YAML: nested too deeply", file=file) from None
     finally:
         loader.dispose()
     return data, LineMap(lines)
