@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from orchestrator.errors import InputError, NotFound
 from orchestrator.storage.engine import write_transaction
@@ -87,21 +87,26 @@ def unsubscribe(engine: Engine, customer_id: str, channel: str, *, source: str =
         found = conn.execute(sa.select(customers.c.id).where(customers.c.id == customer_id)).first()
         if found is None:
             raise NotFound(f"no customer with id '{customer_id}'")
-        column = customers.c[f"unsubscribed_{channel}"]
-        conn.execute(
-            customers.update().where(customers.c.id == customer_id, column.is_(None)).values({column: now, "updated_at": now})
+        return unsubscribe_in(conn, customer_id, channel, now, f"unsubscribed ({source})")
+
+
+def unsubscribe_in(conn: Connection, customer_id: str, channel: str, now: int, detail: str) -> int:
+    """The withdrawal inside the caller's transaction (which holds the customer's lock)."""
+    column = customers.c[f"unsubscribed_{channel}"]
+    conn.execute(
+        customers.update().where(customers.c.id == customer_id, column.is_(None)).values({column: now, "updated_at": now})
+    )
+    result = conn.execute(
+        deliveries.update()
+        .where(
+            deliveries.c.customer_id == customer_id,
+            deliveries.c.channel == channel,
+            deliveries.c.status.in_(PENDING_STATES),
+            deliveries.c.category != "transactional",
         )
-        result = conn.execute(
-            deliveries.update()
-            .where(
-                deliveries.c.customer_id == customer_id,
-                deliveries.c.channel == channel,
-                deliveries.c.status.in_(PENDING_STATES),
-                deliveries.c.category != "transactional",
-            )
-            .values(status="suppressed", reason="unsubscribed", detail=f"unsubscribed ({source})", updated_at=now)
-        )
-        return result.rowcount or 0
+        .values(status="suppressed", reason="unsubscribed", detail=detail, updated_at=now)
+    )
+    return result.rowcount or 0
 
 
 def runs_of(engine: Engine, campaign: str) -> list[dict[str, Any]]:

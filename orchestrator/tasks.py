@@ -49,6 +49,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator.errors import InputError, NotFound
+from orchestrator.ledger import PENDING_STATES, unsubscribe_in
 from orchestrator.settings import Settings
 from orchestrator.storage.engine import write_transaction
 from orchestrator.storage.locks import lock_customers
@@ -62,7 +63,6 @@ STATUSES: tuple[str, ...] = TASK_STATES
 # be followed by orders.
 CONTACT_OUTCOMES: frozenset[str] = frozenset({"reached", "ordered", "callback", "refused", "unsubscribe"})
 _FINAL_STATUS = {"reached": "done", "ordered": "done", "refused": "done", "unsubscribe": "done", "wrong_number": "closed"}
-PENDING_STATES = ("planned", "queued")
 UNSUBSCRIBABLE = ("phone", "sms", "email")
 HISTORY_LIMIT = 100          # events kept per task (the first one and the latest ones)
 MAX_CALLBACK_DAYS = 366
@@ -560,20 +560,6 @@ def _close_others(conn: Connection, task: Mapping[str, Any], at: int, actor: str
     return [other.id for other in others]
 
 
-def _unsubscribe_in(conn: Connection, customer_id: str, channel: str, at: int, detail: str) -> int:
-    """`ledger.unsubscribe` inside our transaction: consent withdrawn, pending rows suppressed."""
-    column = customers.c[f"unsubscribed_{channel}"]
-    conn.execute(customers.update().where(customers.c.id == customer_id, column.is_(None))
-                 .values({column: at, "updated_at": at}))
-    result = conn.execute(
-        deliveries.update().where(
-            deliveries.c.customer_id == customer_id, deliveries.c.channel == channel,
-            deliveries.c.status.in_(PENDING_STATES), deliveries.c.category != "transactional",
-        ).values(status="suppressed", reason="unsubscribed", detail=detail, updated_at=at)
-    )
-    return result.rowcount or 0
-
-
 def _mark_phone_invalid(conn: Connection, customer_id: str, at: int, detail: str) -> int:
     conn.execute(customers.update().where(customers.c.id == customer_id).values(phone_invalid=True, updated_at=at))
     result = conn.execute(
@@ -626,7 +612,7 @@ def _apply(
     elif outcome == "unsubscribe":
         effects["unsubscribed"] = list(channels)
         effects["withdrawn"] = sum(
-            _unsubscribe_in(conn, task["customer_id"], channel, at, f"unsubscribed (manager {who}, task {task_id})")
+            unsubscribe_in(conn, task["customer_id"], channel, at, f"unsubscribed (manager {who}, task {task_id})")
             for channel in channels
         )
         if "phone" in channels:
