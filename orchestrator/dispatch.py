@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from channels.base import Channel, LedgerChannel, Message, Outcome, SendResult
-from orchestrator.policy.caps import Sent
+from orchestrator.policy.caps import Sent, longest_window
 from orchestrator.policy.consent import recipient_of
 from orchestrator.policy.decide import PolicyContext
 from orchestrator.policy.recheck import DEFER, SEND, Due, Verdict, recheck
@@ -107,16 +107,6 @@ class Tally:
     deferred: int = 0
     suppressed: int = 0
     dropped: int = 0
-
-    def add(self, other: "Tally") -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-def _max_cap_period(ctx: PolicyContext, rows: Sequence[Mapping[str, Any]]) -> int:
-    periods = [cap.period_seconds for cap in ctx.caps.values()]
-    days = [row.get("phone_cap_days") or 0 for row in rows]
-    return max(periods + [max(days, default=0) * 86400, 86400])
 
 
 class Dispatcher:
@@ -247,7 +237,7 @@ class Dispatcher:
         people: list[Mapping[str, Any]],
     ) -> dict[str, list[Sent]]:
         """The customers' messages that already went out within the longest cap window."""
-        since = now - _max_cap_period(self.ctx, people)
+        since = now - longest_window(self.ctx.caps, (person.get("phone_cap_days") for person in people))
         params = {"ids": customer_ids, "channels": sorted(channel_names), "since": since}
         gone: dict[str, list[Sent]] = {}
         for customer_id, channel, category, send_at in conn.execute(_GONE, params):

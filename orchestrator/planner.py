@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from orchestrator.campaigns import Campaign, CampaignFile
 from orchestrator.errors import NotFound, TemplateError
 from orchestrator.links import cabinet_link, unsubscribe_link
-from orchestrator.policy.caps import Sent
+from orchestrator.policy.caps import Sent, longest_window
 from orchestrator.policy.consent import recipient_of
 from orchestrator.policy.decide import Decision, DecisionCache, PolicyContext, Rules
 from orchestrator.settings import Settings
@@ -479,12 +479,6 @@ def run_counts(conn: Connection, run_id: int) -> tuple[int, Counter, Counter, in
     return planned, suppressed, by_channel, targeted
 
 
-def _max_cap_period(prepared: Prepared, page: Sequence[Mapping[str, Any]]) -> int:
-    periods = [cap.period_seconds for cap in prepared.settings.caps.values()]
-    days = [row.get("phone_cap_days") or 0 for row in page]
-    return max(periods + [max(days, default=0) * 86400, 86400])
-
-
 def plan_run(
     data_engine: Engine,
     ledger_engine: Engine,
@@ -521,7 +515,7 @@ def plan_run(
     for page in pages:
         now = int(clock.time())
         ids = [row["id"] for row in page]
-        period = _max_cap_period(prepared, page)
+        period = longest_window(prepared.settings.caps, (row.get("phone_cap_days") for row in page))
         lo, hi = fire - period, fire + horizon + period
         if dry_run:
             with ledger_engine.connect() as conn:

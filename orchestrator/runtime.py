@@ -152,13 +152,12 @@ def run_worker(settings: Settings, threads: int | None, queues: set[str] | None,
 def supervise(args: list[str], processes: int, stop: threading.Event, env: Mapping[str, str] | None = None) -> None:
     """Run `processes` copies of `orchestrator worker ARGS`; restart one that dies; SIGTERM them on stop."""
     command = [sys.executable, "-m", "orchestrator", "worker", *args, "--processes", "1"]
-    children: list[subprocess.Popen] = []
     environment = dict(env or os.environ)
 
     def spawn() -> subprocess.Popen:
         return subprocess.Popen(command, env=environment)
 
-    children = [spawn() for _ in range(processes)]
+    children: list[subprocess.Popen] = [spawn() for _ in range(processes)]
     log.info("started %d worker processes: %s", processes, ", ".join(str(c.pid) for c in children))
     try:
         while not stop.wait(0.5):

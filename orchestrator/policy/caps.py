@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from orchestrator.settings import CapSpec
 
@@ -130,3 +130,11 @@ def max_in_window(times: Sequence[int], period: int) -> int:
             first += 1
         best = max(best, last - first + 1)
     return best
+
+
+def longest_window(caps: Mapping[str, CapSpec], phone_cap_days: Iterable[int | None]) -> int:
+    """The longest cap window these customers can have (at least a day): how far back the
+    messages that count against their caps may lie."""
+    periods = [spec.period_seconds for spec in caps.values()]
+    days = max((d or 0 for d in phone_cap_days), default=0)
+    return max(periods + [days * DAY, DAY])
