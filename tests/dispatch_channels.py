@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
-
 from channels.base import Channel, Message, Outcome, SendResult
 
 
@@ -29,10 +27,3 @@ class Scripted(Channel):
         if outcome is Outcome.PERMANENT:
             return SendResult.permanent("HTTP 400: invalid number")
         return SendResult.unknown("read timeout after the request was sent")
-
-    def sent_refs(self) -> list[str]:
-        return [m.ref for m in self.attempts]
-
-
-def options(**extra: Any) -> dict[str, Any]:
-    return extra
