@@ -22,6 +22,7 @@ from dramatiq.asyncio import EventLoopThread
 
 from channels.base import Channel, load_channel
 from orchestrator.broker import Queues
+from orchestrator.clock import SharedClock
 from orchestrator.dispatch import Dispatcher
 from orchestrator.errors import ConfigError
 from orchestrator.pump import PumpPass, pump_once
@@ -59,8 +60,8 @@ class Runtime:
 
     def __init__(self, settings: Settings, *, now: Clock = clock.time) -> None:
         self.settings = settings
-        self.now = now
         self.engine = connect(settings.database_url, pre_ping=False)
+        self.now = SharedClock(self.engine, now)
         self.channel_names = sorted(settings.channels)
         metrics_dir = str(settings.resolve(settings.web.metrics_dir)) if settings.web.metrics_dir else None
         self.queues = Queues(settings.broker.url, self.channel_names, metrics_dir=metrics_dir)
@@ -187,7 +188,7 @@ def _scheduler(settings: Settings, runtime: Runtime):  # type: ignore[no-untyped
         return datetime.fromtimestamp(int(runtime.now()), timezone.utc)
 
     return CampaignScheduler(
-        settings, runtime.engine, clock=utc_now,
+        settings, runtime.engine, clock=utc_now, skew=runtime.now.skew,
         periodic=[("pump", settings.dispatch.pump_interval, runtime.pump),
                   *digest_jobs(settings, runtime.engine, clock=utc_now)],
     )

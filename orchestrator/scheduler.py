@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 from zoneinfo import ZoneInfo
@@ -208,6 +209,7 @@ class CampaignScheduler:
         *,
         fire: Fire | None = None,
         clock: Clock | None = None,
+        skew: Callable[[], float] | None = None,
         periodic: Iterable[Periodic] = (),
     ) -> None:
         self.settings = settings
@@ -219,6 +221,7 @@ class CampaignScheduler:
         self.catch_ups: list[CatchUp] = []
         self._fire = fire or plan_for_real(settings, engine)
         self._clock = clock or _utc_now
+        self._skew = skew or (lambda: 0.0)
         self._lock = threading.RLock()
         self._files = _Files()
         self._scheduler = BackgroundScheduler(timezone=ZoneInfo(self.zone))
@@ -295,6 +298,12 @@ class CampaignScheduler:
             return None
         now = self._clock()
         fire_at = latest_fire_time(file.campaign, self.zone, now)
+        woken_for = self._woken_early_for(file, now, fire_at)
+        if woken_for is not None:
+            log.warning("campaign %s: this machine's clock runs ahead; the run of %s waits for its time",
+                        name, utc_text(woken_for))
+            time.sleep((woken_for - now).total_seconds())
+            now, fire_at = woken_for, woken_for
         if fire_at is None:
             log.info("campaign %s: no fire time at or before %s yet; nothing to do", name, utc_text(now))
             return None
@@ -304,6 +313,17 @@ class CampaignScheduler:
         log.info("campaign %s: firing the run of %s", name, utc_text(fire_at))
         self._fire(file, fire_at)
         return fire_at
+
+    def _woken_early_for(self, file: CampaignFile, now: datetime, fire_at: datetime | None) -> datetime | None:
+        """The fire time APScheduler woke this job for, when this machine's clock runs ahead of the
+        database's (`now` is the database's time) and that time has not come yet."""
+        ahead = self._skew()
+        if ahead <= 0:
+            return None
+        woken_for = latest_fire_time(file.campaign, self.zone, now + timedelta(seconds=min(ahead, self.grace)))
+        if woken_for is None or woken_for == fire_at or woken_for <= now:
+            return None
+        return woken_for
 
     def _job(self, name: str) -> None:
         guarded(f"campaign {name}", self.run_job, name)

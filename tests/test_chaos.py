@@ -58,7 +58,7 @@ class Ledger:
         self.engine = connect(f"sqlite:///{root / 'ledger.db'}")
         self.receipts: list[tuple[str, int, float]] = []
         with write_transaction(self.engine) as conn:
-            conn.execute(runs.insert(), [{"id": run, "campaign": "c", "fire_at": NOON_MOSCOW + run, "status": "planned",
+            conn.execute(runs.insert(), [{"id": run, "campaign": "c", "fire_at": NOON_MOSCOW - 60 * run, "status": "planned",
                                           "started_at": NOON_MOSCOW} for run in (1, 2)])
             conn.execute(customers.insert(), [
                 {"id": cid, "zones": zones, "zone_source": "column", "created_at": 0, "updated_at": 0}
@@ -151,6 +151,14 @@ def test_a_sent_row_nobody_received_is_lost_and_a_received_unsent_row_is_a_phant
     ledger.received("sms", 2)
     ledger.received("email", 11)                                   # the ledger says suppressed
     assert failing(ledger.verify()) == {"lost (sent, never received)": 1, "received but not sent in the ledger": 1}
+
+
+def test_a_message_sent_before_its_runs_fire_time_is_caught(ledger: Ledger) -> None:
+    for ref in (1, 2, 3):
+        ledger.received("sms", ref)
+    with write_transaction(ledger.engine) as conn:
+        conn.execute(deliveries.update().where(deliveries.c.id == 2).values(send_at=NOON_MOSCOW - 300))
+    assert failing(ledger.verify()) == {"sent before the run's fire time": 1}
 
 
 def test_rows_left_pending_and_customers_left_unplanned_are_caught(ledger: Ledger) -> None:

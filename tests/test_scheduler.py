@@ -475,3 +475,31 @@ def test_job_fire_time_in_the_repeated_autumn_hour_is_computed() -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("latest_fire_time did not return within 5 s")
     assert done.stdout.strip() == "2026-10-25T00:30:00+00:00", done.stderr  # the first 02:30 only
+
+
+# --- a machine whose clock runs ahead ----------------------------------------------------------
+
+
+def test_a_job_woken_early_by_a_clock_ahead_waits_for_its_fire_time(tmp_path: Path, scheds: Any) -> None:
+    """APScheduler follows the machine's clock; `clock` is the database's time, two seconds behind."""
+    settings = workspace(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}")
+    weekly(settings)
+    recorder = Recorder()
+    sched = scheds(settings, connect(settings.database_url), fire=recorder,
+                   clock=Clock(MONDAY_10_MSK - timedelta(seconds=2)), skew=lambda: 2.0)
+    sched.reload()
+    started = time.monotonic()
+    assert sched.run_job("weekly") == MONDAY_10_MSK
+    assert recorder.calls == [("weekly", MONDAY_10_MSK)]
+    assert time.monotonic() - started >= 1.9
+
+
+def test_a_clock_in_step_fires_the_latest_run_at_once(tmp_path: Path, scheds: Any) -> None:
+    settings = workspace(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}")
+    weekly(settings)
+    recorder = Recorder()
+    sched = scheds(settings, connect(settings.database_url), fire=recorder,
+                   clock=Clock(MONDAY_10_MSK + timedelta(minutes=1)), skew=lambda: 30.0)
+    sched.reload()
+    assert sched.run_job("weekly") == MONDAY_10_MSK
+    assert recorder.calls == [("weekly", MONDAY_10_MSK)]
