@@ -56,7 +56,9 @@ def verify_unsubscribe(secret: str, token: str) -> tuple[str, str, str]:
     if len(token) > _MAX_TOKEN_CHARS or token.count(".") != 1:
         raise invalid
     encoded, signature = token.split(".")
-    if not hmac.compare_digest(_sign(secret, encoded), signature):
+    # compare_digest raises TypeError for a non-ASCII str: a link edited to hold `é` (or `%C3%A9`)
+    # must be refused like any other altered link, not end as a server error.
+    if not signature.isascii() or not hmac.compare_digest(_sign(secret, encoded), signature):
         raise invalid
     try:
         values = json.loads(_b64decode(encoded).decode("utf-8"))

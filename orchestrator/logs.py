@@ -14,10 +14,18 @@ import re
 import sys
 import time
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+# Internationalized domains too (`anna@пример.рф`): `\w` is Unicode-aware.
+_EMAIL = re.compile(r"([\w.%+\-])[\w.%+\-]*@((?:[\w\-]+\.)+[^\W\d_]{2,})")
 _PHONE = re.compile(
     r"(?<![\w+])(\+\d|\d)(?:\d{8,13}|(?<=\+\d)[\d\s\-()]{8,18}|(?<=8)\s?\(\d{3}\)[\d\s\-]{5,10})(\d{2})(?![\w])"
 )
+# How people write Russian numbers by hand, which `_PHONE` misses: a trunk 8 or 7 with separators
+# (`8 916 123 45 67`, `8-916-123-45-67`, `7 916 1234567`), and a mobile number without it
+# (`(916) 123-45-67`, `916 123 45 67`, `9161234567`).  Ten digits starting with 9 are taken for a
+# phone: Unix times (1.7e9) and our ids do not look like that.
+_SEP = r"[\s\-.]?"
+_PHONE_TRUNK = re.compile(rf"(?<![\w+])([78]){_SEP}\(?\d{{3}}\)?{_SEP}\d{{3}}{_SEP}\d{{2}}{_SEP}(\d{{2}})(?!\w)")
+_PHONE_MOBILE = re.compile(rf"(?<![\w+(])\(?(9)\d{{2}}\)?{_SEP}\d{{3}}{_SEP}\d{{2}}{_SEP}(\d{{2}})(?!\w)")
 _SECRET = re.compile(r"(?i)((?:password|passwd|psw|token|api_key|apikey|secret|api_id)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+")
 
 
@@ -25,6 +33,8 @@ def mask(text: str) -> str:
     """`+79161234567` → `+7*******67`; `ivan.petrov@mail.ru` → `i***@mail.ru`; `token=abc` → `token=***`."""
     text = _EMAIL.sub(r"\1***@\2", text)
     text = _PHONE.sub(lambda m: m.group(1) + "*" * 7 + m.group(2), text)
+    for pattern in (_PHONE_TRUNK, _PHONE_MOBILE):
+        text = pattern.sub(lambda m: m.group(1) + "*" * 7 + m.group(2), text)
     return _SECRET.sub(r"\1***", text)
 
 

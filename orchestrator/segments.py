@@ -40,7 +40,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from orchestrator.derived import DERIVED_FIELDS, TEMPLATE_ONLY_FIELDS, derived_columns, stats_join
 from orchestrator.errors import SegmentError
 from orchestrator.settings import Settings
-from orchestrator.storage.schema import custom_attributes, customer_stats, customers
+from orchestrator.storage.schema import custom_attributes, customer_stats, customers, metadata
 from orchestrator.yamlfile import LineMap, Loc, load_yaml
 
 # --- fields -------------------------------------------------------------------------------
@@ -332,15 +332,36 @@ _WRITE_WORDS = frozenset((
     "revoke", "attach", "detach", "pragma", "vacuum", "reindex", "copy", "call", "lock", "into",
     "commit", "rollback", "begin", "savepoint", "release", "execute", "prepare", "listen", "notify",
 ))
+# What a `sql:` segment may read: the customer data.  The rest of the database (web users and their
+# password hashes, the ledger, runs, call tasks and managers' notes) and the database server itself
+# (its catalogs, settings, files, locks, large objects) are not the marketer's to read, even in a
+# read-only transaction: a query's error message or a yes/no per customer would carry them out.
+SQL_TABLES = frozenset({"customers", "customer_stats", "purchases", "custom_attributes"})
+_OTHER_TABLES = frozenset(metadata.tables) - SQL_TABLES
+# Names outside the customer data: catalogs (`pg_*`, `sqlite_*`, `pragma_*`, `information_schema`)
+# and the functions that read the server, change the session or run SQL given as text (which would
+# escape every check of the query's own text).
+_FOREIGN_PREFIXES = ("pg_", "sqlite_", "pragma_", "lo_", "dblink", "query_to_", "table_to_",
+                     "schema_to_", "database_to_", "cursor_to_")
+_FOREIGN_NAMES = _OTHER_TABLES | frozenset({
+    "information_schema", "current_setting", "set_config", "ts_stat", "ts_rewrite", "load_extension",
+    "readfile", "writefile", "edit", "fts3_tokenizer",
+})
+_DOLLAR_QUOTE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 
 
-def _code_words(sql: str) -> tuple[list[str], bool]:
-    """Words outside string literals, quoted names and comments, and whether a `;` is among them.
+def _code_words(sql: str) -> tuple[list[str], list[str], bool]:
+    """Words outside string literals, quoted names and comments; the quoted names (`"users"`);
+    and whether a `;` is among the code.
 
     Anything this scanner cannot classify stays "code", so an odd construct is rejected rather
     than let through; the database's read-only transaction is the second line of defence.
+    PostgreSQL's dollar-quoted strings (`$$...$$`, `$tag$...$tag$`) are strings: a quote inside one
+    must not make the scanner take the code after it for a string.  A `U&"..."` name (whose
+    escapes could spell any name) is reported as the name `u&`.
     """
     words: list[str] = []
+    names: list[str] = []
     semicolon = False
     i, n = 0, len(sql)
     while i < n:
@@ -351,6 +372,10 @@ def _code_words(sql: str) -> tuple[list[str], bool]:
         elif ch == "/" and sql.startswith("/*", i):
             end = sql.find("*/", i + 2)
             i = n if end < 0 else end + 2
+        elif ch == "$" and (i == 0 or not (sql[i - 1].isalnum() or sql[i - 1] in "_$")) and (
+                quote := _DOLLAR_QUOTE.match(sql, i)):
+            end = sql.find(quote.group(0), quote.end())
+            i = n if end < 0 else end + len(quote.group(0))
         elif ch in "'\"`":
             escapes = ch == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not sql[i - 2].isalnum())
             j = i + 1
@@ -364,6 +389,9 @@ def _code_words(sql: str) -> tuple[list[str], bool]:
                         continue
                     break
                 j += 1
+            if ch != "'":
+                unicode_escapes = i >= 2 and sql[i - 1] == "&" and sql[i - 2] in "uU"
+                names.append("u&" if unicode_escapes else sql[i + 1:j].replace(ch * 2, ch).lower())
             i = j + 1
         elif ch == ";":
             semicolon = True
@@ -376,15 +404,33 @@ def _code_words(sql: str) -> tuple[list[str], bool]:
             i = j
         else:
             i += 1
-    return words, semicolon
+    return words, names, semicolon
+
+
+def _foreign(names: Collection[str]) -> str | None:
+    """The first name that reaches outside the customer data, if any."""
+    for name in names:
+        if name in _FOREIGN_NAMES or name.startswith(_FOREIGN_PREFIXES) or name == "u&":
+            return name
+    return None
+
+
+class _OutsideCustomerData(Exception):
+    """The database says the query reads something that is not customer data."""
+
+
+def _outside_message(name: str) -> str:
+    what = "a name written with unicode escapes" if name == "u&" else f"'{name}'"
+    return f"must only read customer data ({', '.join(sorted(SQL_TABLES))}): {what} is not allowed"
 
 
 def check_sql(segment: Segment) -> str:
-    """The query without a trailing `;`, if it is one read-only SELECT; else a SegmentError."""
+    """The query without a trailing `;`, if it is one read-only SELECT over the customer data;
+    else a SegmentError."""
     sql = (segment.sql or "").strip()
     while sql.endswith(";"):
         sql = sql[:-1].rstrip()
-    words, semicolon = _code_words(sql)
+    words, names, semicolon = _code_words(sql)
     if not words or words[0] not in ("select", "with"):
         raise _error(segment, "must be one SELECT (or WITH ... SELECT) query returning customer ids",
                      field_name="sql")
@@ -393,6 +439,9 @@ def check_sql(segment: Segment) -> str:
     writes = sorted(set(words) & _WRITE_WORDS)
     if writes:
         raise _error(segment, f"must only read data: '{writes[0].upper()}' is not allowed", field_name="sql")
+    outside = _foreign([*words, *names])
+    if outside is not None:
+        raise _error(segment, _outside_message(outside), field_name="sql")
     return sql
 
 
@@ -401,27 +450,69 @@ def _db_message(error: sa.exc.DBAPIError) -> str:
 
 
 def _run_sqlite(conn: Connection, sql: str, timeout: int) -> list[Any]:
+    """The authorizer lets the query read the customer tables and nothing else (not even
+    `sqlite_master`), call functions except those outside the customer data (`load_extension`),
+    and do nothing but select."""
     raw = conn.connection.driver_connection
     deadline = time.monotonic() + timeout
+    refused: list[str] = []
 
     def over_time() -> int:
         return 1 if time.monotonic() > deadline else 0
 
-    def authorize(action: int, *_: Any) -> int:
-        allowed = (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                   getattr(sqlite3, "SQLITE_RECURSIVE", 33))
+    def authorize(action: int, first: str | None, second: str | None, database: str | None, *_: Any) -> int:
+        if action == sqlite3.SQLITE_READ:
+            if first in SQL_TABLES and database == "main":
+                return sqlite3.SQLITE_OK
+            refused.append(str(first))
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_FUNCTION:
+            if _foreign([str(second).lower()]) is None:
+                return sqlite3.SQLITE_OK
+            refused.append(str(second))
+            return sqlite3.SQLITE_DENY
+        allowed = (sqlite3.SQLITE_SELECT, getattr(sqlite3, "SQLITE_RECURSIVE", 33))
         return sqlite3.SQLITE_OK if action in allowed else sqlite3.SQLITE_DENY
 
     raw.execute("PRAGMA query_only=1")
     raw.set_authorizer(authorize)
     raw.set_progress_handler(over_time, 10_000)
     try:
-        cursor = raw.execute(f"SELECT * FROM (\n{sql}\n) AS segment_query")
-        return [row[0] for row in cursor.fetchall()]
+        try:
+            cursor = raw.execute(f"SELECT * FROM (\n{sql}\n) AS segment_query")
+            return [row[0] for row in cursor.fetchall()]
+        except sqlite3.DatabaseError:
+            if refused:
+                raise _OutsideCustomerData(refused[0]) from None
+            raise
     finally:
         raw.set_progress_handler(None, 0)
         raw.set_authorizer(None)
         raw.execute("PRAGMA query_only=0")
+
+
+def _plan_outside(node: Any, schema: str) -> str | None:
+    """What a PostgreSQL plan (EXPLAIN VERBOSE, JSON) reads outside the customer data: a relation
+    other than the customer tables of our schema, or a foreign name in any expression."""
+    if isinstance(node, dict):
+        relation = node.get("Relation Name")
+        if relation is not None and (relation not in SQL_TABLES or node.get("Schema") != schema):
+            return str(relation)
+        for key, value in node.items():
+            if key == "Schema":  # of a relation: checked above; of a function scan: `pg_catalog`
+                continue
+            found = _plan_outside(value, schema)
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for value in node:
+            found = _plan_outside(value, schema)
+            if found is not None:
+                return found
+    elif isinstance(node, str):
+        words, names, _ = _code_words(node)
+        return _foreign([*words, *names])
+    return None
 
 
 def _run_postgres(conn: Connection, sql: str, timeout: int) -> list[Any]:
@@ -430,6 +521,13 @@ def _run_postgres(conn: Connection, sql: str, timeout: int) -> list[Any]:
     # A bound parameter makes psycopg use the extended protocol: the server then refuses more
     # than one statement, whatever the text hides.
     wrapped = "SELECT segment_query.* FROM (\n" + sql.replace("%", "%%") + "\n) AS segment_query OFFSET %s"
+    # The plan names every table and function as the server resolved them, whatever spelling,
+    # quoting or escaping the text used: nothing runs unless all of it is customer data.
+    plan = conn.exec_driver_sql("EXPLAIN (VERBOSE, FORMAT JSON) " + wrapped, (0,)).scalar()
+    schema = conn.exec_driver_sql("SELECT current_schema()").scalar()
+    outside = _plan_outside(plan, str(schema))
+    if outside is not None:
+        raise _OutsideCustomerData(outside)
     return [row[0] for row in conn.exec_driver_sql(wrapped, (0,)).all()]
 
 
@@ -458,11 +556,14 @@ def _failure(segment: Segment, error: Exception, timeout: int, elapsed: float) -
 
 
 def run_sql_segment(engine: Engine, segment: Segment, timeout: int) -> list[str]:
-    """The ids the segment's query returns, read-only and time-limited, sorted and unique."""
+    """The ids the segment's query returns, read-only, customer data only, time-limited, sorted
+    and unique."""
     sql = check_sql(segment)
     started = time.monotonic()
     try:
         values = _query_ids(engine, sql, timeout)
+    except _OutsideCustomerData as outside:
+        raise _error(segment, _outside_message(str(outside).lower()), field_name="sql") from None
     except (sa.exc.DBAPIError, sqlite3.Error) as error:
         raise _failure(segment, error, timeout, time.monotonic() - started) from None
     return sorted({str(value) for value in values if value is not None})

@@ -156,14 +156,31 @@ def list_users(engine: Engine) -> list[dict[str, Any]]:
 
 
 def get_user(engine: Engine, login: str) -> dict[str, Any] | None:
-    """The user with `session_key`: a fingerprint of the password hash (changes with the password)."""
+    """The user with `session_key`: a fingerprint of the password hash and of `updated_at`, which
+    changes with the password and at every logout (`end_sessions`): a session cookie carries the
+    key it was issued with and is honoured only while the key is the same."""
     with engine.connect() as conn:
         row = conn.execute(sa.select(users).where(users.c.login == login)).first()
     if row is None:
         return None
     record = _record(row)
-    record["session_key"] = hashlib.sha256(row.password_hash.encode("utf-8")).hexdigest()[:32]
+    fingerprint = f"{row.password_hash}\n{row.updated_at}".encode("utf-8")
+    record["session_key"] = hashlib.sha256(fingerprint).hexdigest()[:32]
     return record
+
+
+def end_sessions(engine: Engine, login: str) -> None:
+    """End every session of this user (logging out).
+
+    Sessions are signed cookies the server keeps no list of, so a copy of a cookie taken before
+    the logout would otherwise stay valid (its lifetime is renewed on every page).  Moving
+    `updated_at` (always forward, also twice in one second) changes the user's session key: every
+    cookie issued before now is refused — on the user's other browsers too.
+    """
+    now = int(clock.time())
+    with write_transaction(engine) as conn:
+        conn.execute(users.update().where(users.c.login == login).values(
+            updated_at=sa.case((users.c.updated_at >= now, users.c.updated_at + 1), else_=now)))
 
 
 def authenticate(engine: Engine, login: str, password: str) -> dict[str, Any] | None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Callable
+from urllib.parse import unquote_plus
 
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
@@ -176,6 +178,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     app = Starlette(
         routes=routes, middleware=middleware,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
+
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -185,18 +188,54 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     return app
 
 
+def _lifespan(engine: Engine) -> Callable[[Starlette], Any]:
+    """As many threads for the handlers' database work as the pool keeps connections open.
+
+    Starlette's thread pool has 40 threads and the pool 10 connections (more are opened when needed
+    and closed when returned): with 16 requests at once, a hundred PostgreSQL sessions a second were
+    opened and closed (docs/LOAD.md).  Requests beyond the pool now wait for a thread instead."""
+    size = getattr(engine.pool, "size", None)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if callable(size):
+            import anyio.to_thread
+
+            anyio.to_thread.current_default_thread_limiter().total_tokens = max(1, size())
+        yield
+
+    return lifespan
+
+
 class AccessLogRedaction(logging.Filter):
-    """uvicorn's access log without credentials in URLs: unsubscribe tokens (they act for a
-    customer) and the hooks' `secret` query parameter."""
+    """uvicorn's access log without credentials or customers' data in URLs: unsubscribe tokens
+    (they act for a customer), the hooks' `secret` query parameter, and the customer search text
+    (`/customers?q=`: what a marketer types to find someone is a phone, an email or a name).
+
+    The path is percent-decoded first (repeatedly: a login redirect's `next=` holds an encoded
+    path holding an encoded query), so that the log formatter's masking sees `anna@mail.ru` and
+    `+79161234567` rather than `anna%40mail.ru` and `%2B79161234567`; control characters a request
+    could smuggle in by decoding (`%0A`: a forged log line) become `?`."""
 
     _TOKEN = re.compile(r"^/u/[^/?\s]+")
     _SECRET = re.compile(r"([?&]secret=)[^&\s]*")
+    _SEARCH = re.compile(r"([?&]q=)[^&\s]*")
+    _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+    def _redact(self, path: str) -> str:
+        path = self._TOKEN.sub("/u/***", path)
+        return self._SEARCH.sub(r"\1***", self._SECRET.sub(r"\1***", path))
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            path = self._SECRET.sub(r"\1***", self._TOKEN.sub("/u/***", args[2]))
-            record.args = (*args[:2], path, *args[3:])
+            path = self._redact(args[2])
+            for _ in range(3):
+                decoded = unquote_plus(path)
+                if decoded == path:
+                    break
+                path = self._redact(decoded)
+            record.args = (*args[:2], self._CONTROL.sub("?", path), *args[3:])
         return True
 
 

@@ -6,7 +6,9 @@
   activity).  The key is derived from `[general] secret_key`.  The cookie holds the login, a
   fingerprint of the user's password hash (changing the password with `users passwd` logs out every
   session of that user), the CSRF token and pending flash messages; the user is read from the database
-  on every request, so a deleted user is out at once.
+  on every request, so a deleted user is out at once.  Logging out ends every session of the user,
+  on every browser (the fingerprint also covers `users.updated_at`, which the logout moves): the
+  server keeps no list of cookies, and a copied cookie must not outlive the logout.
 * **Roles**: `marketer` sees everything; `manager` sees their own tasks, their own control figures
   and the cards of their own clients.  A marketer-only page answers 403 to a manager; a task or a
   customer that is not theirs answers 404 (its existence is not revealed).
@@ -33,7 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from orchestrator.users import authenticate, get_user
+from orchestrator.users import authenticate, end_sessions, get_user
 
 SESSION_COOKIE = "orchestrator_session"
 CSRF_FIELD = "csrf"
@@ -207,6 +209,11 @@ async def log_in(request: Request, login: str, password: str) -> dict[str, Any] 
     return user
 
 
-def log_out(request: Request) -> None:
+async def log_out(request: Request) -> None:
+    """Ends the session for good: the cookie is emptied, and every cookie issued to this user
+    before (a copy kept by someone else, another browser) stops working (users.end_sessions)."""
+    user = await current_user(request)
+    if user is not None:
+        await run_in_threadpool(end_sessions, request.app.state.engine, user["login"])
     request.session.clear()
     request.state.user = None

@@ -102,7 +102,7 @@ async def login_post(request: Request) -> Response:
 
 async def logout_post(request: Request) -> Response:
     await auth.read_form(request)
-    auth.log_out(request)
+    await auth.log_out(request)
     auth.flash(request, "You are logged out.")
     return RedirectResponse("/login", status_code=303)
 
