@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -71,10 +72,21 @@ def connect(url: str, *, migrate: bool = True, pre_ping: bool = True) -> Engine:
         if migrate:
             upgrade(engine)
     except sa.exc.OperationalError as error:
-        raise StorageError(f"cannot open the database {url!r}: {error.orig}") from None
+        raise StorageError(f"cannot open the database {shown_url(url)!r}: {error.orig}") from None
     except sa.exc.ArgumentError as error:
-        raise StorageError(f"the database url {url!r} is not usable: {error}") from None
+        raise StorageError(f"the database url {shown_url(url)!r} is not usable: {error}") from None
     return engine
+
+
+def shown_url(url: str) -> str:
+    """The database url as it may be printed: the password (`user:pass@host`) replaced by `***`.
+
+    Error messages reach the terminal and the logs; the password in `[database] url` (or
+    ORCHESTRATOR_DATABASE_URL) must not."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return re.sub(r"(//[^/:@]*:)[^/]*@", r"\1***@", url)
 
 
 @contextmanager
