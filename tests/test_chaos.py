@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from bench.chaos import Faults, in_quiet_hours, verify
 from orchestrator.storage.engine import connect, write_transaction
@@ -35,6 +36,7 @@ def test_the_short_chaos_run_keeps_every_promise(pg_server: str, tmp_path: Path)
     )
     assert done.stdout.strip(), done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    _drop_schema(pg_server, result["schema"])     # kept with the workspace (--keep) until read
     assert result["checks"] == {name: 0 for name in result["checks"]}, result
     assert done.returncode == 0
     assert sum(result["kills"].values()) >= 10 and result["kills"].get("scheduler", 0) >= 1
@@ -45,6 +47,13 @@ def test_the_short_chaos_run_keeps_every_promise(pg_server: str, tmp_path: Path)
     assert result["unsubscribes"] >= 5
     assert result["ledger"].get("unknown", 0) > 0, "the faults never left a message in doubt"
     assert result["suppressed"].get("capped", 0) > 0 and result["suppressed"].get("unsubscribed", 0) > 0
+
+
+def _drop_schema(pg_server: str, schema: str) -> None:
+    admin = sa.create_engine(pg_server.replace("postgresql://", "postgresql+psycopg://"))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    admin.dispose()
 
 
 # --- the verifier catches what it claims to catch -------------------------------------------------
