@@ -6,7 +6,10 @@ Deferred messages (quiet hours, caps, retry backoff) wait in the ledger as `plan
 2. `planned` rows past `expires_at`: suppressed `expired`.
 3. `queued` rows not claimed within `requeue_after`: enqueued again (the broker may hold a killed
    worker's messages for minutes; a second message for a row is harmless, the claim drops it).
-4. due `planned` rows → `queued`, then one broker message per `message_batch` rows and channel.
+4. due `planned` rows → `queued`, then one broker message per `message_batch` rows and channel:
+   up to `pump_batch` rows per channel and pass, and only while the channel has fewer than its
+   limit of rows waiting in the broker (`_limits`).  A backlog waits in the ledger, so that a row
+   never waits in the broker's queue long enough to be enqueued a second time by step 3.
 
 On PostgreSQL, rows are taken with `FOR UPDATE SKIP LOCKED`, so several pumps never move the same
 row twice; on SQLite the write transaction is exclusive.  Rows are marked before they are enqueued:
@@ -23,6 +26,7 @@ from typing import Callable, Collection, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from orchestrator.ratelimit import parse_rate
 from orchestrator.settings import Settings
 from orchestrator.storage.engine import write_transaction
 from orchestrator.storage.schema import deliveries
@@ -75,6 +79,36 @@ def _expire_and_reap(conn: Connection, now: int, lease: int, result: PumpPass) -
     result.expired += expired.rowcount or 0
 
 
+def _limits(settings: Settings, channels: Collection[str]) -> dict[str, int]:
+    """Rows of each channel that may wait in the broker: `max_queued`, and for a channel with a
+    `rate`, no more than the rate sends in half of `requeue_after`.
+
+    A row waiting in the broker's queue longer than `requeue_after` is enqueued again, and the
+    duplicate takes rate slots from real sends before its claim finds nothing: with every due row
+    of a large rate-limited campaign queued at once, the channel fell to 60 % of its rate, with
+    more duplicates than rows (docs/LOAD.md)."""
+    d = settings.dispatch
+    limits = {}
+    for name in channels:
+        spec = settings.channels.get(name)
+        limit = d.max_queued
+        if spec is not None and spec.rate:
+            sends, seconds = parse_rate(spec.rate)
+            limit = min(limit, max(d.message_batch, sends * d.seconds("requeue_after") // (2 * seconds)))
+        limits[name] = limit
+    return limits
+
+
+def _room(conn: Connection, limits: dict[str, int]) -> dict[str, int]:
+    """How many more rows each channel may have waiting in the broker now."""
+    waiting = dict(conn.execute(
+        sa.select(deliveries.c.channel, sa.func.count())
+        .where(deliveries.c.status == "queued", deliveries.c.channel.in_(sorted(limits)))
+        .group_by(deliveries.c.channel)
+    ).all())
+    return {name: limit - waiting.get(name, 0) for name, limit in limits.items()}
+
+
 def pump_once(engine: Engine, settings: Settings, enqueue: Enqueue, now: int, channels: Collection[str]) -> PumpPass:
     """One pass; `channels` are those with a backend (rows of others stay planned, and expire)."""
     d = settings.dispatch
@@ -84,8 +118,11 @@ def pump_once(engine: Engine, settings: Settings, enqueue: Enqueue, now: int, ch
         _expire_and_reap(conn, now, d.seconds("sending_lease"), result)
         stale = _take(conn, [deliveries.c.status == "queued", deliveries.c.updated_at < now - d.seconds("requeue_after"),
                              deliveries.c.channel.in_(known)], d.pump_batch, deliveries.c.updated_at)
-        due = _take(conn, [deliveries.c.status == "planned", deliveries.c.send_at <= now,
-                           deliveries.c.channel.in_(known)], d.pump_batch, deliveries.c.send_at)
+        due: list[tuple[int, str]] = []
+        for channel, room in _room(conn, _limits(settings, known)).items():
+            if room > 0:
+                due += _take(conn, [deliveries.c.status == "planned", deliveries.c.send_at <= now,
+                                    deliveries.c.channel == channel], min(d.pump_batch, room), deliveries.c.send_at)
         _mark(conn, stale + due, now)
     result.requeued, result.moved = len(stale), len(due)
     result.messages = _enqueue(enqueue, stale + due, d.message_batch)
@@ -108,7 +145,8 @@ def _enqueue(enqueue: Enqueue, taken: list[tuple[int, str]], batch: int) -> int:
 
 
 def pump_until_drained(engine: Engine, settings: Settings, enqueue: Enqueue, now: int, channels: Collection[str]) -> PumpPass:
-    """Passes until nothing is due (a backlog larger than `pump_batch`)."""
+    """Passes until nothing is due (a backlog larger than `pump_batch`), or the channels have as
+    many rows waiting in the broker as they may (`_limits`)."""
     total = PumpPass()
     while True:
         one = pump_once(engine, settings, enqueue, now, channels)

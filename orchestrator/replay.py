@@ -85,5 +85,11 @@ def replay(settings: Settings, start: datetime, days: int, *, step: timedelta = 
 
 
 def _deliver(runtime: Runtime, clock: VirtualClock) -> None:
-    pump_until_drained(runtime.engine, runtime.settings, runtime.queues.enqueue, int(clock()), runtime.channel_names)
-    runtime.join(timeout=600)
+    """Everything due now, sent now: the pump queues at most `max_queued` rows of a channel at a
+    time, so it pumps again whenever the workers have emptied the queues."""
+    while True:
+        moved = pump_until_drained(runtime.engine, runtime.settings, runtime.queues.enqueue, int(clock()),
+                                   runtime.channel_names).moved
+        runtime.join(timeout=600)
+        if not moved:
+            return

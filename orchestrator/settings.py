@@ -236,8 +236,10 @@ class DispatchSettings(_Section):
     """The pump and the workers (SPEC 8).  Retries and deferrals wait in the ledger, not the broker."""
 
     pump_interval: float = Field(1.0, gt=0, le=60, description="seconds between pump passes")
-    pump_batch: int = Field(5000, ge=1, le=100_000, description="due rows moved per pump pass")
+    pump_batch: int = Field(5000, ge=1, le=100_000, description="due rows moved per pump pass and channel")
     message_batch: int = Field(50, ge=1, le=1000, description="deliveries per broker message")
+    max_queued: int = Field(20_000, ge=1, le=10_000_000,
+                            description="rows of a channel waiting in the broker at most; more due rows wait in the ledger")
     requeue_after: Duration = "5m"    # queued but not claimed by then: enqueued again
     sending_lease: Duration = "10m"   # still `sending` after this: the worker died, outcome unknown
     retry_base: Duration = "30s"      # first retry of a transient error; doubles, with jitter

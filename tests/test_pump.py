@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from orchestrator.pump import pump_once, pump_until_drained
@@ -30,11 +31,16 @@ def fill(engine: sa.Engine, count: int, *, channel: str = "sms", send_at: int = 
              "created_at": NOW, "updated_at": NOW} for i in range(count)])
 
 
-def settings_for(tmp_path: Path, url: str, batch: int = 500):  # type: ignore[no-untyped-def]
+def settings_for(tmp_path: Path, url: str, batch: int = 500, extra: str = ""):  # type: ignore[no-untyped-def]
     path = make_workspace(tmp_path, url)
     with path.open("a", encoding="utf-8") as handle:
-        handle.write(f"\n[dispatch]\npump_batch = {batch}\nmessage_batch = 40\n")
+        handle.write(f"\n[dispatch]\npump_batch = {batch}\nmessage_batch = 40\n{extra}\n")
     return load_settings(path)
+
+
+def queued(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).where(deliveries.c.status == "queued")).scalar_one()
 
 
 def test_concurrent_pumps_move_every_row_exactly_once(tmp_path: Path, db_url: str) -> None:
@@ -90,3 +96,41 @@ def test_rows_past_their_window_expire_instead_of_going_out(tmp_path: Path, db_u
     assert result.expired == 3 and moved == []
     with engine.connect() as conn:
         assert set(conn.execute(sa.select(deliveries.c.status, deliveries.c.reason)).all()) == {("suppressed", "expired")}
+
+
+def test_a_backlog_waits_in_the_ledger_beyond_max_queued(tmp_path: Path, db_url: str) -> None:
+    settings = settings_for(tmp_path, db_url, extra="max_queued = 1200")
+    engine = connect(db_url)
+    fill(engine, 3000)
+    moved: list[int] = []
+    result = pump_until_drained(engine, settings, lambda channel, ids: moved.extend(ids), NOW, ["sms"])
+    assert result.moved == 1200 == len(moved) == queued(engine)
+    with write_transaction(engine) as conn:  # workers take 1000 of them
+        conn.execute(deliveries.update().where(deliveries.c.id.in_(moved[:1000])).values(status="sent"))
+    result = pump_until_drained(engine, settings, lambda channel, ids: moved.extend(ids), NOW, ["sms"])
+    assert result.moved == 1000 and queued(engine) == 1200 and len(set(moved)) == 2200
+
+
+def test_a_rate_limited_channel_queues_what_its_rate_sends_in_half_the_requeue_time(tmp_path: Path, db_url: str) -> None:
+    """2/s for half of 2 minutes: 120 rows in the broker at most, so that none waits there long
+    enough to be enqueued twice (a duplicate would take a rate slot from a real send)."""
+    settings = settings_for(tmp_path, db_url, extra='requeue_after = "2m"\n[channels.sms]\nbackend = '
+                                                   '"channels.outbox.Memory"\nrate = "2/s"')
+    engine = connect(db_url)
+    fill(engine, 3000)
+    result = pump_until_drained(engine, settings, lambda channel, ids: None, NOW, ["sms"])
+    assert result.moved == 120 == queued(engine)
+
+
+@pytest.mark.postgres
+def test_the_expiry_sweep_reads_its_own_index(pg_url: str) -> None:
+    """A backlog of due rows must not make every pump pass scan the ledger for expired ones."""
+    engine = connect(pg_url)
+    fill(engine, 20_000)
+    sweep = sa.select(deliveries.c.id).where(deliveries.c.status == "planned", deliveries.c.expires_at <= NOW)
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE deliveries"))
+        sql = str(sweep.compile(conn, compile_kwargs={"literal_binds": True}))
+        plan = " ".join(conn.execute(sa.text("EXPLAIN " + sql)).scalars())
+    engine.dispose()
+    assert "ix_deliveries_expiry" in plan

@@ -555,6 +555,18 @@ def test_sms_inbound_stop_hook(ws: Workspace) -> None:
 # --- health and metrics -----------------------------------------------------------------------------------
 
 
+def test_handlers_get_as_many_threads_as_the_pool_keeps_connections(ws: Workspace) -> None:
+    """With more threads than pooled connections, every request beyond the pool opened and closed
+    a database session under load (docs/LOAD.md)."""
+    import anyio.to_thread
+
+    async def threads() -> float:
+        return anyio.to_thread.current_default_thread_limiter().total_tokens
+
+    with TestClient(ws.app) as client:
+        assert client.portal is not None and client.portal.call(threads) == ws.engine.pool.size()
+
+
 def test_healthz(ws: Workspace, tmp_path: Path) -> None:
     answer = ws.client().get("/healthz")
     assert answer.status_code == 200 and answer.json()["status"] == "ok" and answer.json()["database"] == "ok"
@@ -695,6 +707,26 @@ def test_the_users_table_arrives_by_migration(tmp_path: Path) -> None:
     with upgraded.connect() as conn:
         assert sa.inspect(conn).has_table("users") and storage.current_version(conn) == SCHEMA_VERSION
         assert "ix_deliveries_provider" in {ix["name"] for ix in sa.inspect(conn).get_indexes("deliveries")}
+    upgraded.dispose()
+
+
+def test_the_indexes_found_missing_under_load_arrive_by_migration(tmp_path: Path) -> None:
+    """A version 4 database gets the STOP hook's index of phones and the pump's of expiring rows
+    (docs/LOAD.md)."""
+    from orchestrator.storage import engine as storage
+    from orchestrator.storage.schema import schema_version
+
+    url = f"sqlite:///{tmp_path / 'v4.db'}"
+    old = storage.connect(url)
+    with storage.write_transaction(old) as conn:
+        conn.execute(sa.text("DROP INDEX ix_customers_phone"))
+        conn.execute(sa.text("DROP INDEX ix_deliveries_expiry"))
+        conn.execute(schema_version.update().values(version=4))
+    old.dispose()
+    upgraded = storage.connect(url)
+    with upgraded.connect() as conn:
+        assert "ix_customers_phone" in {ix["name"] for ix in sa.inspect(conn).get_indexes("customers")}
+        assert "ix_deliveries_expiry" in {ix["name"] for ix in sa.inspect(conn).get_indexes("deliveries")}
     upgraded.dispose()
 
 

@@ -126,7 +126,13 @@ def _v4(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE call_tasks ADD COLUMN history JSON"))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: Connection) -> None:
+    """Indexes found missing under load: the pump's sweep of expired rows, the STOP hook's phone."""
+    schema.deliveries_expiry_index.create(conn, checkfirst=True)
+    schema.customers_phone_index.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 def current_version(conn: Connection) -> int:

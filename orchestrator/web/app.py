@@ -178,7 +178,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     app = Starlette(
         routes=routes, middleware=middleware,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
-
+        lifespan=_lifespan(engine),
     )
     app.state.settings = settings
     app.state.engine = engine
