@@ -116,14 +116,21 @@ def _invalid_page(request: Request, message: str) -> Response:
     return _render(request, "unsubscribe.html", {"state": "invalid", "message": message, "channel_words": ""}, 400)
 
 
-async def unsubscribe_page(request: Request) -> Response:
-    token = request.path_params["token"]
+def _link_or_page(request: Request) -> tuple[str, str, str] | Response:
+    """The link's (customer, channel, campaign), or the page that says why it cannot be followed."""
     try:
-        customer_id, channel, campaign = _check_token(request, token)
+        return _check_token(request, request.path_params["token"])
     except _NoSecret:
         return _unavailable_page(request)
     except InputError as error:
         return _invalid_page(request, error.message)
+
+
+async def unsubscribe_page(request: Request) -> Response:
+    link = _link_or_page(request)
+    if isinstance(link, Response):
+        return link
+    customer_id, channel, _campaign = link
     state = await run_in_threadpool(_customer_state, request.app.state.engine, customer_id, channel)
     if state is None:
         return _invalid_page(request, "this unsubscribe link is no longer valid")
@@ -135,13 +142,10 @@ async def unsubscribe_page(request: Request) -> Response:
 
 async def unsubscribe_post(request: Request) -> Response:
     """RFC 8058 one-click: no session, no CSRF token; the signed token says who and what."""
-    token = request.path_params["token"]
-    try:
-        customer_id, channel, campaign = _check_token(request, token)
-    except _NoSecret:
-        return _unavailable_page(request)
-    except InputError as error:
-        return _invalid_page(request, error.message)
+    link = _link_or_page(request)
+    if isinstance(link, Response):
+        return link
+    customer_id, channel, campaign = link
     try:
         withdrawn = await run_in_threadpool(
             unsubscribe, request.app.state.engine, customer_id, channel, source=f"link, campaign {campaign}"[:200]
