@@ -98,6 +98,8 @@ def raw_insert_rate(engine: sa.Engine, rows: int) -> float:
     the same route (the driver itself on SQLite, SQLAlchemy on PostgreSQL): the floor under the
     import's cost, so that `import / raw` is the share left to parsing and checking."""
     scratch = schema.customers.to_metadata(sa.MetaData(), name="bench_scratch_customers")
+    for index in scratch.indexes:  # index names are per schema: the real table's are taken
+        index.name = f"bench_scratch_{index.name}"
     scratch.drop(engine, checkfirst=True)
     scratch.create(engine)
     now = int(time.time())

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine
 
 from orchestrator.csvreader import CsvSource, Record, open_csv, records
 from orchestrator.errors import ImportFileError
+from orchestrator.gc_tuning import bulk_work
 from orchestrator.normalize import (
     BOOL_CELLS,
     PhoneNormalizer,
@@ -578,10 +579,11 @@ def import_customers(
         extras_allowed=True, path=source.path, report=report,
     )
     job = _CustomerImport(engine, settings, layout, report, source.has_nul)
-    for record in records(source, progress):
-        report.rows_read += 1
-        job.add(record)
-    job.flush()
+    with bulk_work():
+        for record in records(source, progress):
+            report.rows_read += 1
+            job.add(record)
+        job.flush()
     report.problems.sort(key=lambda problem: problem.line)
     return report
 
@@ -716,10 +718,11 @@ def import_purchases(
         extras_allowed=False, path=source.path, report=report,
     )
     job = _PurchaseImport(engine, layout, report, source.has_nul)
-    for record in records(source, progress):
-        report.rows_read += 1
-        job.add(record)
-    job.flush()
+    with bulk_work():
+        for record in records(source, progress):
+            report.rows_read += 1
+            job.add(record)
+        job.flush()
     report.problems.sort(key=lambda problem: problem.line)
     if report.inserted:
         _refresh_stats(engine, settings)

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from orchestrator.campaigns import Campaign, CampaignFile
 from orchestrator.errors import NotFound, TemplateError
+from orchestrator.gc_tuning import bulk_work
 from orchestrator.links import cabinet_link, unsubscribe_link
 from orchestrator.policy.caps import Sent, longest_window
 from orchestrator.policy.consent import recipient_of
@@ -187,7 +188,6 @@ def trigger_condition(prepared: Prepared, fire_at: datetime) -> Any:
 # --- per recipient ----------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=64)
 @lru_cache(maxsize=512)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
@@ -394,6 +394,7 @@ def _insert(conn: Connection):  # type: ignore[no-untyped-def]
     return insert
 
 
+_payload_json = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps builds an encoder per call
 LEDGER_COLUMNS = tuple(c.name for c in deliveries.c if c.name != "id")
 _ledger_tuple = operator.itemgetter(*LEDGER_COLUMNS)
 
@@ -414,10 +415,10 @@ def write_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
     The rows' payloads are replaced by their JSON text."""
     if not rows:
         return
-    dumps = json.dumps
+    dumps = _payload_json
     for row in rows:
         if row["payload"] is not None:
-            row["payload"] = dumps(row["payload"], ensure_ascii=False)
+            row["payload"] = dumps(row["payload"])
     if conn.dialect.name == "postgresql":
         _copy_rows(conn, rows)
     else:
@@ -510,8 +511,28 @@ def plan_run(
         page_size=prepared.settings.planner.batch_size, extra_where=trigger_condition(prepared, fire_at),
         fields=prepared.fields,
     )
-    horizon = prepared.rules.deliver_within
     decisions_for = DecisionCache(prepared.rules, fire, prepared.ctx)
+    with bulk_work():
+        _plan_pages(ledger_engine, prepared, pages, decisions_for, summary, run_id, dry_run, on_rows, progress)
+    if not dry_run:
+        with write_transaction(ledger_engine) as conn:
+            summary.planned, summary.suppressed, summary.by_channel, summary.targeted = run_counts(conn, run_id)
+            conn.execute(
+                runs.update().where(runs.c.id == run_id).values(
+                    status="planned", finished_at=int(clock.time()), summary=summary.to_dict()
+                )
+            )
+    summary.seconds = clock.monotonic() - started
+    return summary
+
+
+def _plan_pages(ledger_engine: Engine, prepared: Prepared, pages: Iterable[list[dict[str, Any]]],
+                decisions_for: DecisionCache, summary: RunSummary, run_id: int | None, dry_run: bool,
+                on_rows: Callable[[list[dict[str, Any]]], None] | None, progress: Progress | None) -> None:
+    """Decide, render and write the segment page by page, each page in its own transaction."""
+    campaign = prepared.campaign
+    fire = decisions_for.fire_at
+    horizon = prepared.rules.deliver_within
     for page in pages:
         now = int(clock.time())
         ids = [row["id"] for row in page]
@@ -533,16 +554,6 @@ def plan_run(
             on_rows(rows)
         if progress is not None:
             progress(len(page))
-    if not dry_run:
-        with write_transaction(ledger_engine) as conn:
-            summary.planned, summary.suppressed, summary.by_channel, summary.targeted = run_counts(conn, run_id)
-            conn.execute(
-                runs.update().where(runs.c.id == run_id).values(
-                    status="planned", finished_at=int(clock.time()), summary=summary.to_dict()
-                )
-            )
-    summary.seconds = clock.monotonic() - started
-    return summary
 
 
 def _count(summary: RunSummary, rows: list[dict[str, Any]]) -> None:

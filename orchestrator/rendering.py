@@ -155,6 +155,9 @@ class _CodeGenerator(CodeGenerator):
         self.write(")))")
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """The sandbox, plus size limits on everything that can multiply a string."""
 
@@ -229,6 +232,17 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             self.check_ints(kwargs.values())
 
     # --- sandbox hooks ---
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """`customer.name` on a plain dict is its item whatever the sandbox would check: the
+        common case (every field of every message) skips the failed attribute lookup and the
+        safety check the parent makes first.  Names of dict methods keep the parent's path."""
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if isinstance(obj, str) and attr in self._unsafe_str_methods:

@@ -69,8 +69,14 @@ def blocked_reason(channel: str, category: str, r: Recipient) -> str | None:
     return contact_reason(channel, r)
 
 
+_CHANNEL_SETS = {
+    (sms, email, phone): frozenset(ch for ch, on in (("sms", sms), ("email", email), ("phone", phone)) if on)
+    for sms in (False, True) for email in (False, True) for phone in (False, True)
+}
+
+
 def _channel_set(sms: bool, email: bool, phone: bool) -> frozenset[str]:
-    return frozenset(ch for ch, on in (("sms", sms), ("email", email), ("phone", phone)) if on)
+    return _CHANNEL_SETS[sms, email, phone]
 
 
 @lru_cache(maxsize=4096)
