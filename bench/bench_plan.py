@@ -25,7 +25,7 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.storage.engine import connect, write_transaction  # noqa: E402
+from orchestrator.storage.engine import connect, refresh_statistics, write_transaction  # noqa: E402
 from orchestrator.storage.schema import customer_stats, customers  # noqa: E402
 
 # Two SMS of two parts (UCS-2, up to 134 units): variables only, and with babel's money and date filters.
@@ -87,6 +87,7 @@ def fill(engine: sa.Engine, rows: int) -> None:
             _write(engine, batch, stats)
             batch, stats = [], []
     _write(engine, batch, stats)
+    refresh_statistics(engine, "customers", "customer_stats")  # as `orchestrator import` does
 
 
 def _write(engine: sa.Engine, batch: list[dict], stats: list[dict]) -> None:

@@ -719,8 +719,11 @@ def _leaf(expr: Any, op: str, value: Any) -> ColumnElement[bool]:
 
 
 def _definitely(condition: ColumnElement[bool]) -> ColumnElement[bool]:
-    """Two-valued logic: a comparison with a missing value is false, not NULL."""
-    return sa.func.coalesce(condition, sa.false(), type_=sa.Boolean)
+    """Two-valued logic: a comparison with a missing value is false, not NULL.  `IS TRUE`
+    rather than `coalesce(…, false)`: PostgreSQL estimates the rows of the comparison inside it
+    from the column's statistics, where a coalesce is opaque to it (estimated 2 % of the
+    customers, it sorted the whole segment for every page instead of reading it in id order)."""
+    return condition.is_(sa.true())
 
 
 def _compile_cond(cond: Cond, derived: dict[str, ColumnElement[Any]]) -> ColumnElement[bool]:

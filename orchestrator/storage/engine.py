@@ -101,6 +101,18 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
+def refresh_statistics(engine: Engine, *tables: str) -> None:
+    """After a bulk load, give PostgreSQL's planner the tables' statistics at once rather than
+    when autovacuum next wakes: without them it guesses a segment matches a few hundred
+    customers and sorts all of them for every page of a run (100 ms a page instead of 3 ms at
+    200,000 customers).  SQLite's planner does not use statistics unless told to, and ours are
+    tuned for that; nothing to do there."""
+    if is_sqlite(engine) or not tables:
+        return
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"ANALYZE {', '.join(tables)}")
+
+
 # --- migrations -----------------------------------------------------------------------------
 
 def _v1(conn: Connection) -> None:
