@@ -23,6 +23,7 @@ from dramatiq.asyncio import EventLoopThread
 from channels.base import Channel, load_channel
 from orchestrator.broker import Queues
 from orchestrator.clock import SharedClock
+from orchestrator.gc_tuning import tune_for_bulk_work
 from orchestrator.dispatch import Dispatcher
 from orchestrator.errors import ConfigError
 from orchestrator.pump import PumpPass, pump_once
@@ -142,6 +143,7 @@ def run_worker(settings: Settings, threads: int | None, queues: set[str] | None,
     require_shared_broker(settings, "worker")
     runtime = Runtime(settings)
     runtime.start_delivery(threads, queues)
+    tune_for_bulk_work()
     try:
         while not stop.wait(0.5):
             pass
