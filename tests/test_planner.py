@@ -222,3 +222,37 @@ def test_the_birthday_trigger_greets_on_the_birthday_and_29_february_on_28_in_co
     summary = plan_run(engine, engine, prepared, fire, dry_run=False)
     assert {r.customer_id for r in ledger(engine)} == {"TODAY", "LEAP"}
     assert summary.planned == 2
+
+
+def test_a_page_that_fails_to_write_stops_the_run_and_the_next_run_finishes_it(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a page is written and committed while the next one is decided: a page whose
+    write fails must stop the run with its error, keep the pages before it, and leave nothing of
+    its own; the next `run` of the same fire time plans the rest, one row per customer."""
+    import orchestrator.planner as planner
+
+    settings_path = make_workspace(tmp_path / "ws", db_url, batch=10)
+    write_campaign(tmp_path / "ws", "promo")
+    settings = load_settings(settings_path, environ={})
+    engine = connect(db_url)
+    insert_customers(engine, [customer(f"C{i:03d}") for i in range(45)])
+    prepared = prepare(settings, load_campaign(tmp_path / "ws" / "campaigns" / "promo.yaml"), engine=engine)
+    real_write, calls = planner.write_rows, []
+
+    def failing_third_page(conn: sa.Connection, rows: list[dict]) -> None:
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        real_write(conn, rows)
+
+    monkeypatch.setattr(planner, "write_rows", failing_third_page)
+    with pytest.raises(RuntimeError, match="disk full"):
+        plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    kept = {r.customer_id for r in ledger(engine)}
+    assert kept == {f"C{i:03d}" for i in range(20)}         # the two pages before, nothing after
+    monkeypatch.setattr(planner, "write_rows", real_write)
+    summary = plan_run(engine, engine, prepared, FIRE, dry_run=False)
+    rows = ledger(engine)
+    assert Counter(r.customer_id for r in rows) == Counter({f"C{i:03d}": 1 for i in range(45)})
+    assert summary.planned == 45 and not summary.existed
