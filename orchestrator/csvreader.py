@@ -217,18 +217,26 @@ def records(
     with io.TextIOWrapper(raw, encoding=source.encoding, errors="strict", newline="") as stream:
         reader = csv.reader(stream, delimiter=source.delimiter)
         previous_end = 0
-        seen_header = False
+        for cells in reader:
+            previous_end = reader.line_num
+            if not _blank(cells):
+                break
         count = 0
         for cells in reader:
             start, previous_end = previous_end + 1, reader.line_num
-            if not "".join(cells).strip():
-                continue
-            if not seen_header:
-                seen_header = True
+            first = cells[0] if cells else ""
+            if (not first or first.isspace()) and _blank(cells):
                 continue
             yield Record(start, previous_end, cells)
             count += 1
-            if progress is not None and count % every == 0:
-                progress(raw.tell(), source.size)
+            if count == every:
+                count = 0
+                if progress is not None:
+                    progress(raw.tell(), source.size)
     if progress is not None:
         progress(source.size, source.size)
+
+
+def _blank(cells: list[str]) -> bool:
+    """Nothing but delimiters and white space (spreadsheets end exports with such rows)."""
+    return not "".join(cells).strip()

@@ -171,6 +171,11 @@ def _type_patterns(region: str) -> tuple[re.Pattern[str], tuple[re.Pattern[str],
 
 
 _RU_GENERAL, _RU_TYPES = _type_patterns("RU")
+# The same test in one match: the general pattern as a lookahead over the whole number, then any
+# type (fullmatch backtracks through the alternatives as `any` would try them).
+_RU_VALID = re.compile(
+    rf"(?=(?:{_RU_GENERAL.pattern})\Z)(?:{'|'.join(f'(?:{p.pattern})' for p in _RU_TYPES)})"
+)
 
 
 def _ru_fast(raw: str) -> str | None:
@@ -189,7 +194,7 @@ def _ru_fast(raw: str) -> str | None:
     else:
         return None
     if len(national) == 10 and national.isdigit() and national.isascii():
-        if _RU_GENERAL.fullmatch(national) and any(p.fullmatch(national) for p in _RU_TYPES):
+        if _RU_VALID.fullmatch(national):
             return "+7" + national
     return None
 

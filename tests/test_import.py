@@ -431,3 +431,215 @@ def test_decimal_commas_and_grouping(text: str, value: float) -> None:
 def test_not_numbers(text: str) -> None:
     with pytest.raises(ValueError):
         parse_decimal(text)
+
+
+# --- the column-wise, worker and batched-transaction paths agree with the row-by-row one -------
+
+_CUSTOMER_VALUES: dict[str, list[str]] = {
+    "id": ["1", "2", "3", " 4 ", "", "x" * 65, "Код-5", "2"],
+    "name": ["Иванов Иван", "", "  ", "Я" * 501, 'a "b"', "Nul\x01", "x"],
+    "email": ["a@b.ru", "Ivan@Example.RU", "ivan@@mail", "", " a@b.ru ", "я@почта.рф"],
+    "phone": ["8 (912) 345-67-89", "+79123456789", "12-34", "", "+375 29 123-45-67",
+                              "8 800 555-35-35", "9123456789"],
+    "timezone": ["", "Europe/Moscow", "asia/omsk", "Mars/Base"],
+    "city": ["", "Москва", "г. Екатеринбург", "Урюпинск", "Омск" + "!" * 200],
+    "birthday": ["", "29.02.2000", "2000-02-30", "22.11", "--11-22", "01.01.2100",
+                                 "22.11.56", "1980-05-01"],
+    "manager": ["", "m1", "m" * 65],
+    "abc_group": ["A", "", "AB" * 9],
+    "bonus_balance": ["", "1 234,50", "0", "abc", "-7", "1e5"],
+    "discount_percent": ["", "5", "101", "7,5", "x"],
+    "consent_email": ["да", "нет", "", "YES", "maybe", " 1 "],
+    "consent_sms": ["1", "0", "Да", "?"],
+    "phone_cap_days": ["", "14", "0", "x"],
+    "level": ["", "gold", "007", "1,5", "да", "22.11.2020", "y" * 1001],
+    "score": ["", "12", "12345678901234567", "нет", "-3"],
+}
+
+
+_CUSTOMER_CELLS = {name: st.sampled_from(values) for name, values in _CUSTOMER_VALUES.items()}
+
+
+@st.composite
+def customer_files(draw: st.DrawFn) -> str:
+    names = ["id", *draw(st.lists(st.sampled_from(list(_CUSTOMER_CELLS)[1:]), unique=True, max_size=9))]
+    lines = [";".join(names)]
+    for _ in range(draw(st.integers(1, 25))):
+        cells = [draw(_CUSTOMER_CELLS[name]) for name in names]
+        if draw(st.integers(0, 15)) == 0:
+            cells = cells[:-1] if len(cells) > 1 else cells + ["extra"]
+        lines.append(";".join('"' + cell.replace('"', '""') + '"' for cell in cells))
+    return "\n".join(lines) + "\n"
+
+
+def _outcome(engine: sa.Engine, run: Any) -> tuple[Any, ...]:
+    """The report and the stored rows, without the clock's columns."""
+    report = run().to_dict()
+    report["file"] = Path(report["file"]).name
+    with engine.connect() as conn:
+        stored = [row._asdict() for row in conn.execute(sa.select(schema.customers).order_by("id"))]
+        purchases = list(conn.execute(sa.select(
+            schema.purchases.c.key, schema.purchases.c.customer_id, schema.purchases.c.date,
+            schema.purchases.c.day, schema.purchases.c.month, schema.purchases.c.amount,
+            schema.purchases.c.category).order_by(schema.purchases.c.key)))
+    for row in stored:
+        del row["created_at"], row["updated_at"]
+    return report, stored, purchases
+
+
+def _import_twice(folder: Path, first: str, second: str, settings: Settings) -> list[tuple[Any, ...]]:
+    engine = connect(f"sqlite:///{folder / 'db.sqlite'}")
+    try:
+        return [_outcome(engine, lambda text=text, name=name: import_customers(
+                    engine, write(folder, name, text), settings))
+                for name, text in (("a.csv", first), ("b.csv", second))]
+    finally:
+        engine.dispose()
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(first=customer_files(), second=customer_files())
+def test_column_wise_customers_agree_with_the_careful_path(first: str, second: str) -> None:
+    """Every row forced through the careful path (the row-by-row import that reports each value)
+    gives the same report and rows as the column-wise conversion with its memos and fragments."""
+    import tempfile
+    settings = Settings(SettingsModel(), None)
+    with tempfile.TemporaryDirectory() as fast_dir, tempfile.TemporaryDirectory() as careful_dir:
+        fast = _import_twice(Path(fast_dir), first, second, settings)
+        original = importer._Column.values
+
+        def all_careful(self: Any, cells: tuple[str, ...], bad: set[int]) -> list[object]:
+            values = original(self, cells, bad)
+            bad.update(range(len(cells)))
+            return values
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(importer._Column, "values", all_careful)
+            careful = _import_twice(Path(careful_dir), first, second, settings)
+    assert fast == careful
+
+
+_PURCHASE_CELLS = st.tuples(
+    st.sampled_from(["1", "2", "9", "", " 1 ", "x" * 65]),
+    st.sampled_from(["22.11.2026", "2026-11-22", " 01.03.2025 ", "31.02.2025", "", "22.11.26",
+                     "22.11.2026 0:00:00"]),
+    st.sampled_from(["100", "1 234,50", "-5", "0", "+7", "x", "", "99,9", "-0"]),
+    st.sampled_from(["", "мебель", " стул ", "к" * 201]),
+    st.sampled_from(["", "", "P-1", "P-2", "i" * 121]),
+)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(rows=st.lists(_PURCHASE_CELLS, min_size=1, max_size=30))
+def test_purchases_short_path_agrees_with_the_careful_path(rows: list[tuple[str, ...]]) -> None:
+    import tempfile
+    settings = Settings(SettingsModel(), None)
+    text = "customer_id;date;amount;category;id\n" + "".join(";".join(row) + "\n" for row in rows)
+    outcomes = []
+    for careful in (False, True):
+        with tempfile.TemporaryDirectory() as name, pytest.MonkeyPatch.context() as patch:
+            folder = Path(name)
+            if careful:
+                patch.setattr(importer._PurchaseImport, "_common", lambda self, cells: None)
+            engine = connect(f"sqlite:///{folder / 'db.sqlite'}")
+            try:
+                import_customers(engine, write(folder, "c.csv", "id\n1\n2\n"), settings)
+                path = write(folder, "p.csv", text)
+                outcomes.append([_outcome(engine, lambda: import_purchases(engine, path, settings))
+                                 for _ in range(2)])
+            finally:
+                engine.dispose()
+    assert outcomes[0] == outcomes[1]
+
+
+def _mixed_customers(rows: int, seed: int) -> str:
+    import random
+    rng = random.Random(seed)
+    names = list(_CUSTOMER_VALUES)
+    lines = [";".join(names)]
+    for n in range(rows):
+        cells = [rng.choice(_CUSTOMER_VALUES[name]) for name in names]
+        cells[0] = rng.choice([f"C{n}", f"C{rng.randrange(rows)}", "", "x" * 65])
+        lines.append(";".join('"' + cell.replace('"', '""') + '"' for cell in cells))
+    return "\n".join(lines) + "\n"
+
+
+def test_the_parse_process_gives_the_same_import(settings: Settings, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing in a worker process (large files) stores and reports exactly what parsing here
+    does, with the same progress; the second import of each pair updates what the first stored."""
+    first, second = _mixed_customers(12_000, 1), _mixed_customers(12_000, 2)
+    (tmp_path / "here").mkdir()
+    here = _import_twice(tmp_path / "here", first, second, settings)
+    started: list[int] = []
+    original = importer._ParseWorker.__init__
+
+    def counted(self: Any) -> None:
+        original(self)
+        started.append(self.process.pid)
+
+    monkeypatch.setattr(importer, "WORKER_MIN_BYTES", 0)
+    monkeypatch.setattr(importer._ParseWorker, "__init__", counted)
+    (tmp_path / "worker").mkdir()
+    there = _import_twice(tmp_path / "worker", first, second, settings)
+    assert len(started) == 2
+    assert there == here
+    assert here[0][0]["rejected"] > 0 and here[1][0]["updated"] > 0
+
+    engine = connect(f"sqlite:///{tmp_path / 'worker' / 'db.sqlite'}")
+    calls: list[tuple[int, int]] = []
+    path = tmp_path / "worker" / "a.csv"
+    import_customers(engine, path, settings, progress=lambda done, total: calls.append((done, total)))
+    engine.dispose()
+    assert len(calls) > 1 and calls[-1] == (path.stat().st_size,) * 2
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_an_unusable_file_with_the_parse_process_writes_nothing(sqlite_engine: sa.Engine, settings: Settings,
+                                                                tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importer, "WORKER_MIN_BYTES", 0)
+    workers: list[Any] = []
+    original = importer._ParseWorker.__init__
+
+    def kept(self: Any) -> None:
+        original(self)
+        workers.append(self)
+
+    monkeypatch.setattr(importer._ParseWorker, "__init__", kept)
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"id;name\n" + "".join(f"{n};Имя {n}\n" for n in range(20_000)).encode() + b"7;\xff\n")
+    with pytest.raises(ImportFileError) as caught:
+        import_customers(sqlite_engine, path, settings)
+    assert caught.value.line == 20_002 and caught.value.exit_code == 2
+    assert count(sqlite_engine, schema.customers) == 0
+    assert workers and workers[0].process.poll() is not None  # the worker ended with the import
+
+
+def test_a_failing_write_rolls_back_its_transaction(sqlite_engine: sa.Engine, settings: Settings,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several batches share a write transaction; a failure rolls back the open one (the earlier,
+    committed ones stay, as earlier batches did) and reaches the caller."""
+    monkeypatch.setattr(importer, "BATCH_ROWS", 10)
+    monkeypatch.setattr(importer, "TRANSACTION_ROWS", 30)
+    original = importer._BatchWriter.write_columns
+    writes: list[int] = []
+
+    def failing(self: Any, conn: Any, keys: list[str], columns: dict[str, list[Any]]) -> None:
+        writes.append(len(columns["id"]))
+        if len(writes) == 5:
+            raise RuntimeError("disk full")
+        original(self, conn, keys, columns)
+
+    monkeypatch.setattr(importer._BatchWriter, "write_columns", failing)
+    path = write(tmp_path, "c.csv", "id;name\n" + "".join(f"{n};x\n" for n in range(100)))
+    with pytest.raises(RuntimeError, match="disk full"):
+        import_customers(sqlite_engine, path, settings)
+    assert count(sqlite_engine, schema.customers) == 30
+
+
+def test_records_skip_blank_rows_and_keep_physical_lines(tmp_path: Path) -> None:
+    from orchestrator.csvreader import open_csv, records
+    path = write(tmp_path, "c.csv", ";;\n\nid;name;city\n ; ;\n1;\"a\nb\";x\n\n;\t;\n2;b;\n ;c;\n")
+    found = [(record.line, record.last_line, record.cells) for record in records(open_csv(path))]
+    assert found == [(5, 6, ["1", "a\nb", "x"]), (9, 9, ["2", "b", ""]), (10, 10, [" ", "c", ""])]
