@@ -32,6 +32,7 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import children, cpu_by_program, cpu_seconds  # noqa: E402
 from orchestrator.runtime import Runtime  # noqa: E402
 from orchestrator.settings import load_settings  # noqa: E402
 from orchestrator.storage.engine import connect, write_transaction  # noqa: E402
@@ -181,8 +182,52 @@ def raw_twice(function: Any, *args: Any) -> float:
 
 # --- the orchestrator -------------------------------------------------------------------------
 
+class LineCounter:
+    """Lines appended to a server's record file so far, read incrementally: polling must cost the
+    benchmark process next to nothing while the workers run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.lines = path, 0, 0
+
+    def __call__(self) -> int:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.offset)
+                chunk = file.read()
+        except FileNotFoundError:
+            return 0
+        complete = chunk.rfind(b"\n") + 1
+        self.offset += complete
+        self.lines += chunk.count(b"\n", 0, complete)
+        return self.lines
+
+
+class CpuMeter:
+    """CPU seconds used by each party to a delivery phase, between two samples taken while messages
+    arrive: the worker processes, the fake server, Redis and PostgreSQL (all of the machine's
+    `postgres` processes), so that a rate can be set against what the two cores can give."""
+
+    def __init__(self, worker_pid: int, server_pid: int) -> None:
+        self.worker_pid, self.server_pid = worker_pid, server_pid
+
+    def sample(self) -> dict[str, float]:
+        workers = sum(cpu_seconds(pid) for pid in [self.worker_pid, *children(self.worker_pid)])
+        servers = cpu_by_program()
+        return {"workers": workers, "server": cpu_seconds(self.server_pid),
+                "redis": servers["redis-server"], "postgres": servers["postgres"]}
+
+
+def cpu_per_message(first: dict[str, float], last: dict[str, float], messages: int) -> dict[str, float]:
+    """µs of CPU per message for each party, and the rate two cores would allow if all were busy."""
+    used = {key: (last[key] - first[key]) / max(messages, 1) * 1e6 for key in first}
+    used["total"] = sum(used.values())
+    used["two_core_ceiling"] = 2e6 / used["total"] if used["total"] else 0.0
+    return used
+
+
 def deliver(root: Path, db: str, channel: str, channel_settings: str, rows: int, processes: int,
-            received_times: Any, threads: int, batch: int) -> tuple[float, dict[str, int]]:
+            received_times: Any, count_received: Callable[[], int], threads: int, batch: int,
+            server_pid: int) -> tuple[float, dict[str, int], dict[str, float]]:
     url = fresh_db(db, root)
     path = root / f"settings-{channel}-{processes}.toml"
     path.write_text(SETTINGS.format(db=url, redis=REDIS, channel=channel_settings, threads=threads, batch=batch),
@@ -193,15 +238,23 @@ def deliver(root: Path, db: str, channel: str, channel_settings: str, rows: int,
     while runtime.pump().moved:
         pass
     before = len(received_times())
+    counted_before = count_received()
     worker = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--config", str(path),
                                "--processes", str(processes)], cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.DEVNULL)
     engine = connect(url)
+    meter = CpuMeter(worker.pid, server_pid)
+    first: tuple[int, dict[str, float]] | None = None
+    last: tuple[int, dict[str, float]] | None = None
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             with engine.connect() as conn:
                 left = conn.execute(sa.select(sa.func.count()).where(deliveries.c.status.in_(("queued", "sending")))).scalar()
+            received = count_received() - counted_before
+            if received and left:
+                last = (received, meter.sample())
+                first = first or last
             if not left:
                 break
             time.sleep(0.2)
@@ -214,7 +267,8 @@ def deliver(root: Path, db: str, channel: str, channel_settings: str, rows: int,
         engine.dispose()
     times = sorted(received_times()[before:])
     rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-    return rate, counts
+    cpu = cpu_per_message(first[1], last[1], last[0] - first[0]) if first and last and last[0] > first[0] else {}
+    return rate, counts, cpu
 
 
 def broker_overhead(messages: int = 3000) -> float:
@@ -249,13 +303,17 @@ def rounds(args: argparse.Namespace, measure: Callable[[], tuple[float, float, t
     within each round and the median round is reported."""
     measured = []
     for _ in range(args.rounds):
-        raw, raw2, (one, c1), (two, c2) = measure()
+        raw, raw2, (one, c1, cpu1), (two, c2, cpu2) = measure()
         measured.append({"raw": raw, "raw_two_clients": raw2, "one": one, "two": two, "one/raw": one / raw,
-                         "two/one": two / one, "statuses_one": c1, "statuses_two": c2})
+                         "two/one": two / one, "statuses_one": c1, "statuses_two": c2,
+                         "cpu_us_one": cpu1, "cpu_us_two": cpu2})
     summary: dict[str, Any] = {key: statistics.median(r[key] for r in measured)
                                for key in ("raw", "raw_two_clients", "one", "two", "one/raw", "two/one")}
     summary["statuses_one"] = measured[-1]["statuses_one"]
     summary["statuses_two"] = measured[-1]["statuses_two"]
+    for phase in ("cpu_us_one", "cpu_us_two"):
+        keys = set.intersection(*(set(r[phase]) for r in measured))
+        summary[phase] = {key: statistics.median(r[phase][key] for r in measured) for key in sorted(keys)}
     summary["rounds"] = measured
     return summary
 
@@ -280,21 +338,23 @@ def main() -> None:
                 port = sink.address[1]
                 settings = EMAIL_CHANNEL.format(port=port, connections=args.smtp_connections)
                 times = lambda: [m.received_at for m in read_messages(root / "sink.jsonl")]  # noqa: E731
+                count, pid = LineCounter(root / "sink.jsonl"), sink.process.pid
                 results["email"] = rounds(args, lambda: (
                     raw_smtp(port, min(args.rows, 20000), args.smtp_connections),
                     raw_twice(raw_smtp, port, min(args.rows, 20000) // 2, args.smtp_connections),
-                    deliver(root, args.db, "email", settings, args.rows, 1, times, args.threads, args.batch),
-                    deliver(root, args.db, "email", settings, args.rows, 2, times, args.threads, args.batch),
+                    deliver(root, args.db, "email", settings, args.rows, 1, times, count, args.threads, args.batch, pid),
+                    deliver(root, args.db, "email", settings, args.rows, 2, times, count, args.threads, args.batch, pid),
                 ))
         if args.channel in ("sms", "both"):
             with GatewayProcess(log=root / "gateway.jsonl") as gateway:
                 settings = SMS_CHANNEL.format(url=gateway.url, connections=args.http_connections)
                 times = lambda: [r["time"] for r in gateway.requests if r["path"] == "/send"]  # noqa: E731
+                count, pid = LineCounter(root / "gateway.jsonl"), gateway.process.pid
                 results["sms"] = rounds(args, lambda: (
                     raw_http(gateway.url, min(args.rows, 20000), args.http_connections),
                     raw_twice(raw_http, gateway.url, min(args.rows, 20000) // 2, args.http_connections),
-                    deliver(root, args.db, "sms", settings, args.rows, 1, times, args.threads, args.batch),
-                    deliver(root, args.db, "sms", settings, args.rows, 2, times, args.threads, args.batch),
+                    deliver(root, args.db, "sms", settings, args.rows, 1, times, count, args.threads, args.batch, pid),
+                    deliver(root, args.db, "sms", settings, args.rows, 2, times, count, args.threads, args.batch, pid),
                 ))
     overhead = broker_overhead()
     results["broker_us_per_message"] = overhead
@@ -310,6 +370,13 @@ def main() -> None:
                 print(f"{channel:5} {label}  raw {r['raw']:7.0f}/s (two raw clients {r['raw_two_clients']:7.0f}/s)"
                       f"   1 worker {r['one']:7.0f}/s ({r['one/raw']:.0%} of raw)"
                       f"   2 workers {r['two']:7.0f}/s ({r['two/one']:.2f}x one)   {r['statuses_one']}")
+    for channel in ("email", "sms"):
+        for phase, label in (("cpu_us_one", "1 worker "), ("cpu_us_two", "2 workers")):
+            cpu = results.get(channel, {}).get(phase)
+            if cpu:
+                print(f"{channel:5} {label} CPU per message (median): workers {cpu['workers']:4.0f} µs, "
+                      f"server {cpu['server']:4.0f} µs, Redis {cpu['redis']:3.0f} µs, PostgreSQL {cpu['postgres']:3.0f} µs; "
+                      f"total {cpu['total']:4.0f} µs -> two cores allow {cpu['two_core_ceiling']:5.0f}/s")
     print(f"broker: {overhead:.0f} µs per broker message, {overhead / args.batch:.1f} µs per delivery")
 
 

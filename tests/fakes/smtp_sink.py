@@ -84,6 +84,8 @@ FLUSH_INTERVAL = 0.05
 _TAG = re.compile(r"\+([a-z]+)(\d+(?:\.\d+)?)?")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*(?:\r\n[ \t]+)?(<[^>\r\n]*>)")
 _ALL_MECHANISMS = ("PLAIN", "LOGIN")
+_PLAIN_ADDRESS = re.compile(r"<(([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+                            r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+(.*))?", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -348,6 +350,18 @@ class SinkSMTP(_AiosmtpdSMTP):
     async def smtp_MAIL(self, arg: str) -> None:
         await super().smtp_MAIL(arg)
         await self._hang_up_if_asked()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, with a shortcut for a plain `<local@domain>` and its parameters.
+
+        aiosmtpd declares a `typing.Protocol` class inside `_getaddr` and runs the email package's
+        full header grammar: a fifth of the sink's time per message, twice per message.  Anything
+        but a plain address (quotes, comments, source routes, a missing bracket) goes to aiosmtpd.
+        """
+        match = _PLAIN_ADDRESS.fullmatch(arg)
+        if match is None or (self.local_part_limit and len(match[2]) > self.local_part_limit):
+            return super()._getaddr(arg)
+        return match[1], match[3] or ""
 
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA, reading the body in a few large reads instead of one await per line.
