@@ -595,6 +595,27 @@ def test_the_parse_process_gives_the_same_import(settings: Settings, tmp_path: P
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
 
 
+def test_past_the_problem_limit_both_ways_keep_the_same_first_problems(settings: Settings, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file with more problems than the report keeps: the parse process and parsing here keep
+    the same ones, the first in line order, and count the rest alike."""
+    text = _mixed_customers(3_000, 3)
+    (tmp_path / "all").mkdir()
+    everything = _import_twice(tmp_path / "all", text, text, settings)[0][0]["problems"]
+    monkeypatch.setattr(importer, "MAX_PROBLEMS", 40)
+    (tmp_path / "here").mkdir()
+    here = _import_twice(tmp_path / "here", text, text, settings)
+    monkeypatch.setattr(importer, "WORKER_MIN_BYTES", 0)
+    (tmp_path / "worker").mkdir()
+    there = _import_twice(tmp_path / "worker", text, text, settings)
+    report = here[0][0]
+    assert report["problems_omitted"] > 100 and len(report["problems"]) == 40
+    assert [problem["line"] for problem in everything] == sorted(problem["line"] for problem in everything)
+    assert report["problems"] == everything[:40]
+    assert report["problems_omitted"] == len(everything) - 40
+    assert there == here
+
+
 def test_an_unusable_file_with_the_parse_process_writes_nothing(sqlite_engine: sa.Engine, settings: Settings,
                                                                 tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
